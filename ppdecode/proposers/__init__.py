@@ -1,0 +1,6 @@
+"""Proposers: where the candidate tokens of a tree step come from."""
+
+from ppdecode.proposers.base import Proposer
+from ppdecode.proposers.ppd import PromptTokenProposer
+
+__all__ = ["PromptTokenProposer", "Proposer"]

@@ -1,0 +1,158 @@
+"""Verification: which guesses of a tree step are accepted, and which token comes next.
+
+Vocabulary (used across the package):
+- *token inputs* of a step are the root (input 0) and the candidate nodes (inputs 1..num_nodes);
+  ``logits[i]`` is the model's next-token distribution after token input i and its ancestors.
+- *accepted* candidates: the longest root-to-node chain whose every candidate passes the rule.
+- *bonus* token: the token after the last accepted node; it becomes the next step's root, so each
+  step commits ``accepted + 1`` tokens (τ).
+All functions are pure: logits in, a ``Verdict`` out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ppdecode.tree.buffers import TreeBuffers
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: list[int]  # input indices of the accepted candidate nodes, root excluded, root-to-leaf
+    accepted_tokens: list[int]  # their token ids
+    bonus: int  # next token (the next step's root)
+
+    @property
+    def last(self) -> int:
+        """Input index of the last accepted token input (0 = the root)."""
+        return self.accepted[-1] if self.accepted else 0
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """[n, V] logits -> [n, V] float32 probabilities after temperature, top-k and top-p filtering."""
+    scores = logits.float() / temperature
+    if top_k and top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[:, -1:]  # [n, 1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        cumulative = sorted_scores.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_scores.softmax(-1) >= top_p  # keep the token that crosses top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores.softmax(-1)
+
+
+def _longest_path(passes: torch.Tensor, tokens: torch.Tensor, buffers: TreeBuffers) -> tuple[list[int], list[int]]:
+    """passes: [num_nodes] bool per candidate node -> (accepted input indices, accepted tokens)."""
+    if buffers.num_nodes == 0:
+        return [], []
+    flags = torch.zeros(buffers.num_inputs + 1, dtype=torch.bool, device=passes.device)
+    flags[1 : buffers.num_nodes + 1] = passes
+    paths = buffers.paths.to(passes.device)  # [P, depth]
+    accept_lengths = flags[paths].cumprod(dim=1).sum(dim=1)  # [P]
+    best = int(accept_lengths.argmax())
+    length = int(accept_lengths[best])
+    accepted = buffers.path_rows[best][:length]
+    return list(accepted), tokens[list(accepted)].tolist() if accepted else []
+
+
+def verify_greedy(logits: torch.Tensor, tokens: torch.Tensor, buffers: TreeBuffers) -> Verdict:
+    """Accept a candidate when it equals the argmax after its parent (lossless at temperature 0).
+
+    logits: [1 + num_nodes, V] for the token inputs; tokens: [1 + num_nodes] their token ids.
+    One host transfer: argmaxes, tokens and per-path accept lengths come back together.
+    """
+    predicted = logits.argmax(dim=-1)  # [1 + num_nodes]
+    if buffers.num_nodes == 0:
+        return Verdict([], [], int(predicted[0]))
+    passes = tokens[1:] == predicted[buffers.parent[1:].to(tokens.device)]  # [num_nodes]
+    flags = torch.zeros(buffers.num_inputs + 1, dtype=torch.long, device=tokens.device)
+    flags[1 : buffers.num_nodes + 1] = passes
+    accept_lengths = flags[buffers.paths.to(tokens.device)].cumprod(dim=1).sum(dim=1)  # [P]
+    host = torch.cat([accept_lengths, predicted, tokens]).tolist()
+    num_paths, width = len(buffers.path_rows), buffers.num_nodes + 1
+    lengths, predicted_host, tokens_host = host[:num_paths], host[num_paths : num_paths + width], host[-width:]
+    best = max(range(num_paths), key=lambda p: (lengths[p], -p))
+    accepted = list(buffers.path_rows[best][: lengths[best]])
+    last = accepted[-1] if accepted else 0
+    return Verdict(accepted, [tokens_host[i] for i in accepted], predicted_host[last])
+
+
+def verify_typical(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    buffers: TreeBuffers,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    posterior_threshold: float,
+    posterior_alpha: float,
+    generator: torch.Generator | None,
+) -> Verdict:
+    """Medusa's typical acceptance: accept x when p(x) > min(threshold, alpha · exp(-entropy)).
+
+    Fast and usually close to the model's distribution, but not lossless.
+    """
+    raw = (logits.float() / temperature).softmax(-1)  # [1 + num_nodes, V]
+    parent = buffers.parent[1:].to(tokens.device)
+    entropy = -(raw * raw.clamp_min(1e-12).log()).sum(-1)  # [1 + num_nodes]
+    threshold = torch.minimum(
+        torch.full_like(entropy, posterior_threshold), posterior_alpha * torch.exp(-entropy)
+    )
+    passes = raw[parent, tokens[1:]] > threshold[parent]  # [num_nodes]
+    accepted, accepted_tokens = _longest_path(passes, tokens, buffers)
+    last = accepted[-1] if accepted else 0
+    probs = sampling_probs(logits[last : last + 1], temperature, top_k, top_p)[0]
+    bonus = int(torch.multinomial(probs.cpu(), 1, generator=generator))
+    return Verdict(accepted, accepted_tokens, bonus)
+
+
+def verify_lossless(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    buffers: TreeBuffers,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> Verdict:
+    """Lossless sampling with deterministic candidates (METHOD §3, last paragraph).
+
+    At a node, try its children in rank order: accept child x with probability p(x) / (mass left),
+    where rejected siblings have been removed from p; if every child is rejected, sample the bonus
+    token from what is left. Each committed token is then distributed exactly as p.
+    """
+    probs = sampling_probs(logits, temperature, top_k, top_p)  # [1 + num_nodes, V]
+    parent = buffers.parent[1:].to(tokens.device)
+    child_p = probs[parent, tokens[1:]]  # [num_nodes] p(x) of each candidate under its parent
+    uniforms = torch.rand(buffers.num_nodes, generator=generator, device="cpu").tolist()
+    child_p_host = child_p.tolist()
+    tokens_host = tokens.tolist()
+    node, accepted = 0, []
+    rejected: list[int] = []
+    while True:
+        left = 1.0
+        rejected = []
+        chosen = None
+        for child in buffers.children[node]:
+            p = child_p_host[child - 1]
+            if left > 0 and uniforms[child - 1] * left < p:
+                chosen = child
+                break
+            left -= p
+            rejected.append(tokens_host[child])
+        if chosen is None:
+            break
+        accepted.append(chosen)
+        node = chosen
+    residual = probs[node]
+    if rejected:
+        residual = residual.clone()
+        residual[rejected] = 0.0
+        if float(residual.sum()) <= 0:  # every token with mass was tried and rejected: rounding only
+            residual = probs[node]
+    bonus = int(torch.multinomial(residual.cpu(), 1, generator=generator))
+    return Verdict(accepted, [tokens_host[i] for i in accepted], bonus)
