@@ -100,8 +100,8 @@ class TreeSpec:
         if missing:
             raise ValueError(f"{source}: missing key(s) {missing}")
         n = data["num_prompt_tokens"]
-        if not isinstance(n, int):
-            raise ValueError(f"{source}: num_prompt_tokens must be an integer")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"{source}: num_prompt_tokens must be an integer >= 1, got {n!r}")
         raw_trees = data["trees"]
         if not isinstance(raw_trees, dict):
             raise ValueError(f'{source}: "trees" must map each depth "1".."{n}" to a list of nodes')

@@ -1,0 +1,52 @@
+"""Test helpers: varied prompts and proposers that make every guess right or every guess wrong."""
+
+from __future__ import annotations
+
+import torch
+
+PROMPTS = [
+    "Write a haiku about rivers.",
+    "Explain recursion to a ten-year-old.",
+    "What is the capital of France, and why is it famous?",
+    "Write a Python function that checks whether a string is a palindrome.",
+    "List five tips for sleeping better.",
+    "Translate 'Good morning, how are you?' into Spanish and French.",
+    "Summarise the plot of Romeo and Juliet in three sentences.",
+    "What is 17 times 23? Show your steps.",
+    "Give me a short story about a robot who learns to paint.",
+    "How does a binary search work?",
+    "Write a SQL query that counts orders per customer.",
+    "Why is the sky blue?",
+    "Rewrite this sentence more formally: gonna grab food, brb.",
+    "What are the differences between lists and tuples in Python?",
+    "Describe the water cycle.",
+    "Write a limerick about a cat.",
+    "Explain what an HTTP 404 error means.",
+    "Give three arguments for and against remote work.",
+    "def quicksort(arr):",
+    "Write a JavaScript function that debounces another function.",
+]
+
+
+class ReferenceProposer:
+    """Proposes from a known greedy continuation ``reference`` of the prompt.
+
+    ``right=True``: rank 0 at every depth is the true next token (an oracle: every guess on the
+    rank-0 chain is accepted). ``right=False``: no candidate is ever the true token.
+    """
+
+    def __init__(self, reference: list[int], vocab_size: int, right: bool) -> None:
+        self.reference = reference
+        self.vocab_size = vocab_size
+        self.right = right
+
+    def candidates(self, prompt_logits: torch.Tensor, top_k: int, generated: list[int]) -> torch.Tensor:
+        depth = prompt_logits.shape[0]
+        out = torch.empty(depth, top_k, dtype=torch.long)
+        for i in range(depth):
+            position = len(generated) + i  # index in the reference of the token this depth guesses
+            truth = self.reference[position] if position < len(self.reference) else -1
+            filler = [t for t in range(top_k + 1) if t != truth][:top_k]
+            row = ([truth] + filler[: top_k - 1]) if self.right and truth >= 0 else filler
+            out[i] = torch.tensor(row)
+        return out.to(prompt_logits.device)

