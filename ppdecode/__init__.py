@@ -1,10 +1,10 @@
 """ppdecode: Parallel Prompt Decoding for HuggingFace causal language models.
 
-    from ppdecode import load
-    engine = load()                                   # embedded default model + its prompt tokens
-    for chunk in engine.stream("Explain recursion"):  # text as it is committed
-        print(chunk.text, end="")
-    result = engine.generate("Write a haiku", temperature=0.0)
+from ppdecode import load
+engine = load()                                   # embedded default model + its prompt tokens
+for chunk in engine.stream("Explain recursion"):  # text as it is committed
+    print(chunk.text, end="")
+result = engine.generate("Write a haiku", temperature=0.0)
 """
 
 from __future__ import annotations

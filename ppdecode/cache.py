@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import DynamicCache
 
@@ -31,8 +33,9 @@ class KVCache:
         """
         end = start + len(keep)
         contiguous = keep == list(range(len(keep)))
-        index = None if contiguous else torch.tensor(keep, device=self.hf.layers[0].keys.device) + start
-        for layer in self.hf.layers:
+        layers: list[Any] = self.hf.layers  # DynamicLayer: .keys, .values [B, kv_heads, S, head_dim]
+        index = None if contiguous else torch.tensor(keep, device=layers[0].keys.device) + start
+        for layer in layers:
             if index is not None:
                 # keys, values: [B, kv_heads, S, head_dim]
                 layer.keys[:, :, start:end] = layer.keys.index_select(2, index)
@@ -42,6 +45,7 @@ class KVCache:
 
     def crop(self, length: int) -> None:
         """Drop every row from ``length`` on."""
-        for layer in self.hf.layers:
+        layers: list[Any] = self.hf.layers
+        for layer in layers:
             layer.keys = layer.keys[:, :, :length]
             layer.values = layer.values[:, :, :length]

@@ -16,7 +16,6 @@ from ppdecode.commands import bench, generate, train, tree
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Parallel Prompt Decoding")
 
 
-
 @app.callback()
 def _root() -> None:
     """Parallel Prompt Decoding: faster, lossless text generation with trained prompt tokens."""

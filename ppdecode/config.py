@@ -44,7 +44,9 @@ class GenerationConfig:
         if self.accept is AcceptMode.AUTO:
             self.accept = AcceptMode.GREEDY if self.temperature == 0 else AcceptMode.LOSSLESS
         if self.accept is not AcceptMode.GREEDY and self.temperature == 0:
-            raise ValueError(f"accept={self.accept.value} needs temperature > 0; use temperature 0 for greedy")
+            raise ValueError(
+                f"accept={self.accept.value} needs temperature > 0; use temperature 0 for greedy"
+            )
         if self.accept is AcceptMode.GREEDY and self.temperature > 0:
             raise ValueError("accept=greedy ignores temperature; set temperature 0 or accept=lossless")
         if isinstance(self.stop, str):

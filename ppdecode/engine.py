@@ -119,7 +119,11 @@ class Engine:
     ) -> None:
         if prompt_tokens is not None and tree is None:
             raise ValueError("a tree spec is needed to decode with prompt tokens")
-        if prompt_tokens is not None and tree is not None and tree.num_prompt_tokens != prompt_tokens.num_prompt_tokens:
+        if (
+            prompt_tokens is not None
+            and tree is not None
+            and tree.num_prompt_tokens != prompt_tokens.num_prompt_tokens
+        ):
             raise ValueError(
                 f"the tree is built for {tree.num_prompt_tokens} prompt tokens but the prompt tokens have "
                 f"{prompt_tokens.num_prompt_tokens}; build a tree for them with `ppd build-tree`"
@@ -150,13 +154,21 @@ class Engine:
             raise ValueError("a list of messages needs a chat model (or chat=True)")
         return list(self.tokenizer(prompt)["input_ids"])
 
-    def stream(self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any) -> Iterator[StreamChunk]:
+    def stream(
+        self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any
+    ) -> Iterator[StreamChunk]:
         """Yield text as it is committed, one chunk per step; ``last_result`` holds the totals after."""
-        config = replace(config or GenerationConfig(), **overrides) if overrides else (config or GenerationConfig())
+        config = (
+            replace(config or GenerationConfig(), **overrides)
+            if overrides
+            else (config or GenerationConfig())
+        )
         ids = self.encode(prompt, chat=config.chat)
         yield from self.stream_ids(ids, config)
 
-    def generate(self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any) -> GenerationResult:
+    def generate(
+        self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any
+    ) -> GenerationResult:
         for _ in self.stream(prompt, config, **overrides):
             pass
         return self.last_result
@@ -205,7 +217,9 @@ class Engine:
 
     # ---- the loop ---------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _decode(self, input_ids: list[int], config: GenerationConfig, stats: GenerationStats) -> Iterator[tuple[list[int], int]]:
+    def _decode(
+        self, input_ids: list[int], config: GenerationConfig, stats: GenerationStats
+    ) -> Iterator[tuple[list[int], int]]:
         """Yield (committed tokens, τ) per forward, forever or until the context is full."""
         if not input_ids:
             raise ValueError("the prompt is empty; give some text to continue or answer")
@@ -222,7 +236,9 @@ class Engine:
 
         # 1. Prefill: the context, with its last token as the root of a depth-0 tree.
         start = time.perf_counter()
-        result = self._step(cache, input_ids[:-1], input_ids[-1], None, use_ppd, config, generator, generated, stats)
+        result = self._step(
+            cache, input_ids[:-1], input_ids[-1], None, use_ppd, config, generator, generated, stats
+        )
         stats.prefill_s = time.perf_counter() - start
         stats._prefill_forward_s = stats.forward_s
         root, prompt_logits = result.verdict.bonus, result.prompt_logits
@@ -323,7 +339,16 @@ class Engine:
             return verify_greedy(logits, tokens, buffers)
         if config.accept is AcceptMode.TYPICAL:
             return verify_typical(
-                logits, tokens, buffers, config.temperature, config.top_k, config.top_p,
-                config.posterior_threshold, config.posterior_alpha, generator,
+                logits,
+                tokens,
+                buffers,
+                config.temperature,
+                config.top_k,
+                config.top_p,
+                config.posterior_threshold,
+                config.posterior_alpha,
+                generator,
             )
-        return verify_lossless(logits, tokens, buffers, config.temperature, config.top_k, config.top_p, generator)
+        return verify_lossless(
+            logits, tokens, buffers, config.temperature, config.top_k, config.top_p, generator
+        )

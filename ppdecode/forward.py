@@ -55,8 +55,11 @@ class ModelRunner:
         full = torch.zeros(attend.shape, dtype=self.dtype, device=self.device)
         full.masked_fill_(~attend.to(self.device), blocked)
         if self.sliding_window is None or int(positions.max()) < self.sliding_window:
-            return full[None, None] if self.sliding_window is None else {
-                "full_attention": full[None, None], "sliding_attention": full[None, None]}
+            return (
+                full[None, None]
+                if self.sliding_window is None
+                else {"full_attention": full[None, None], "sliding_attention": full[None, None]}
+            )
         key_positions = torch.cat([torch.arange(cache_length, device=self.device), positions])
         outside = key_positions[None, :] <= positions[:, None] - self.sliding_window  # [Q, K]
         sliding = full.masked_fill(outside, blocked)

@@ -157,8 +157,10 @@ def _manifest_ok(target: Path) -> bool:
         files = json.loads(manifest.read_text())["files"]
     except (json.JSONDecodeError, KeyError):
         return False
-    return all((target / name).is_file() and (target / name).stat().st_size == size
-               for name, (size, _) in files.items())
+    return all(
+        (target / name).is_file() and (target / name).stat().st_size == size
+        for name, (size, _) in files.items()
+    )
 
 
 def _converted(gguf: Path, target: Path) -> Path:
@@ -181,7 +183,9 @@ def _converted(gguf: Path, target: Path) -> Path:
         with tqdm(total=4, desc=f"converting {gguf.name} (once)", unit="stage") as bar:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             bar.update()
-            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
             bar.update()
             # A GGUF-loaded model counts as quantised; it holds plain float weights after dequantising.
             model.config.quantization_config = None
@@ -212,8 +216,15 @@ def verify_cached(spec: str) -> list[str]:
 def fingerprint(model: Any, tokenizer: Any) -> str:
     """A short, dtype-independent identity of a base model: its architecture and its vocabulary."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "intermediate_size", "vocab_size")
+    keys = (
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "vocab_size",
+    )
     identity = {key: getattr(config, key, None) for key in keys}
     vocab = tokenizer.get_vocab()
     identity["vocab"] = hashlib.sha256(
@@ -232,7 +243,9 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, torch_device)
     name, directory = model_dir(spec)
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype, attn_implementation="sdpa")
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=torch_dtype, attn_implementation="sdpa"
+    )
     model.to(torch_device).eval()
     model.requires_grad_(False)
     eos: set[int] = set()

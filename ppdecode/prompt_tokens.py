@@ -86,7 +86,9 @@ class PromptTokens(nn.Module):
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
-    def initial(cls, base: LoadedModel, config: PromptTokensConfig | None = None, seed: int = 0) -> PromptTokens:
+    def initial(
+        cls, base: LoadedModel, config: PromptTokensConfig | None = None, seed: int = 0
+    ) -> PromptTokens:
         """Untrained prompt tokens: each starts from the embedding of an ordinary word (METHOD §2)."""
         config = config or PromptTokensConfig()
         text_config = base.model.config.get_text_config()
@@ -102,7 +104,9 @@ class PromptTokens(nn.Module):
                 vector = embed(torch.tensor(ids, device=base.device)).float().mean(0).cpu()  # [H]
                 for member in range(config.ensemble):
                     # Identical members would get identical gradients forever: break the tie.
-                    noise = torch.randn(vector.shape, generator=generator) * vector.std() * 0.02 * (member > 0)
+                    noise = (
+                        torch.randn(vector.shape, generator=generator) * vector.std() * 0.02 * (member > 0)
+                    )
                     tokens.embeddings[k, member] = vector + noise
         tokens.attach(base.model)
         return tokens.to(base.device)
@@ -119,7 +123,9 @@ class PromptTokens(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ---- use in a forward pass --------------------------------------------------------------------
-    def slot_embeddings(self, prompt_index: torch.Tensor, member: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def slot_embeddings(
+        self, prompt_index: torch.Tensor, member: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
         """Input embeddings of slot inputs: [S] prompt indices, [S] members -> [S, H]."""
         return self.embeddings[prompt_index, member].to(dtype)
 
@@ -164,7 +170,7 @@ class PromptTokens(nn.Module):
 
     # ---- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the artifact directory; an existing good artifact is replaced only once the new one is whole."""
+        """Write the artifact directory; a good artifact there is replaced only once the new one is whole."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
@@ -201,7 +207,8 @@ class PromptTokens(nn.Module):
         if config.fingerprint != base.fingerprint:
             raise ValueError(
                 f"prompt tokens at {path} were trained for base model {config.base_model!r} "
-                f"(fingerprint {config.fingerprint}), not for {base.name!r} (fingerprint {base.fingerprint}); "
+                f"(fingerprint {config.fingerprint}), not for {base.name!r} "
+                f"(fingerprint {base.fingerprint}); "
                 "train tokens for this model with `ppd train`, or decode without them (--no-ppd)"
             )
         try:
@@ -229,6 +236,7 @@ def default_prompt_tokens(base: LoadedModel) -> PromptTokens:
         return PromptTokens.load(shipped, base)
     logger.warning(
         "no trained prompt tokens ship for %s: using an untrained initialisation (few guesses will be "
-        "accepted); train some with `ppd train`", base.name
+        "accepted); train some with `ppd train`",
+        base.name,
     )
     return PromptTokens.initial(base)

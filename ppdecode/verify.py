@@ -45,7 +45,9 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: 
     return scores.softmax(-1)
 
 
-def _longest_path(passes: torch.Tensor, tokens: torch.Tensor, buffers: TreeBuffers) -> tuple[list[int], list[int]]:
+def _longest_path(
+    passes: torch.Tensor, tokens: torch.Tensor, buffers: TreeBuffers
+) -> tuple[list[int], list[int]]:
     """passes: [num_nodes] bool per candidate node -> (accepted input indices, accepted tokens)."""
     if buffers.num_nodes == 0:
         return [], []
@@ -74,7 +76,11 @@ def verify_greedy(logits: torch.Tensor, tokens: torch.Tensor, buffers: TreeBuffe
     accept_lengths = flags[buffers.paths.to(tokens.device)].cumprod(dim=1).sum(dim=1)  # [P]
     host = torch.cat([accept_lengths, predicted, tokens]).tolist()
     num_paths, width = len(buffers.path_rows), buffers.num_nodes + 1
-    lengths, predicted_host, tokens_host = host[:num_paths], host[num_paths : num_paths + width], host[-width:]
+    lengths, predicted_host, tokens_host = (
+        host[:num_paths],
+        host[num_paths : num_paths + width],
+        host[-width:],
+    )
     best = max(range(num_paths), key=lambda p: (lengths[p], -p))
     accepted = list(buffers.path_rows[best][: lengths[best]])
     last = accepted[-1] if accepted else 0

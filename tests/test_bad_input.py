@@ -49,15 +49,20 @@ def test_cli_invalid_tree_json(tmp_path: Path) -> None:
 
 
 def test_cli_json_output_has_the_documented_keys() -> None:
-    result = run_ppd("generate", "Say hello.", "--json", "--max-new-tokens", "12", "--dtype", "float32", "--seed", "1")
+    result = run_ppd(
+        "generate", "Say hello.", "--json", "--max-new-tokens", "12", "--dtype", "float32", "--seed", "1"
+    )
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
     for key in ("text", "token_ids", "steps", "accept_lengths", "tokens_per_s"):
         assert key in payload
     assert 1 <= len(payload["token_ids"]) <= 12
     assert len(payload["accept_lengths"]) == payload["steps"]
-    vanilla = json.loads(run_ppd("generate", "Say hello.", "--json", "--max-new-tokens", "12", "--dtype",
-                                 "float32", "--no-ppd").stdout)
+    vanilla = json.loads(
+        run_ppd(
+            "generate", "Say hello.", "--json", "--max-new-tokens", "12", "--dtype", "float32", "--no-ppd"
+        ).stdout
+    )
     assert vanilla["token_ids"] == payload["token_ids"]
     assert set(vanilla["accept_lengths"]) == {1}
 
@@ -104,4 +109,8 @@ def test_prompt_tokens_round_trip_and_safe_overwrite(smollm_f32: LoadedModel, tm
     broken.embeddings = None  # type: ignore[assignment]
     with pytest.raises(Exception):  # noqa: B017 - any failure while writing
         broken.save(tmp_path / "tokens")
-    assert PromptTokens.load(tmp_path / "tokens", smollm_f32).embeddings.detach().equal(tokens.embeddings.detach())
+    assert (
+        PromptTokens.load(tmp_path / "tokens", smollm_f32)
+        .embeddings.detach()
+        .equal(tokens.embeddings.detach())
+    )

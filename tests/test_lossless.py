@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ppdecode.cache import KVCache
 from ppdecode.config import GenerationConfig
-from ppdecode.engine import Engine
+from ppdecode.engine import Engine, GenerationStats
 from ppdecode.models import LoadedModel, load_model
-from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
+from ppdecode.prompt_tokens import PromptTokens, PromptTokensConfig, default_prompt_tokens
 from ppdecode.tree.spec import load_tree
 
 from .helpers import PROMPTS, ReferenceProposer
@@ -43,10 +44,13 @@ def test_vanilla_engine_equals_transformers_generate(smollm_f32: LoadedModel) ->
         ours = engine.generate_ids(ids, GenerationConfig(max_new_tokens=48)).token_ids
         with torch.inference_mode():
             theirs = smollm_f32.model.generate(
-                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=48, do_sample=False, eos_token_id=list(smollm_f32.eos_token_ids),
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=48,
+                do_sample=False,
+                eos_token_id=list(smollm_f32.eos_token_ids),
                 pad_token_id=smollm_f32.eos_token_ids[0],
-            )[0, len(ids):].tolist()
+            )[0, len(ids) :].tolist()
         assert ours == theirs
 
 
@@ -112,3 +116,38 @@ def test_gemma_ppd_greedy_equals_vanilla(gemma_f32: LoadedModel, prompt: str) ->
     ids = vanilla.encode(prompt, chat=False)
     config = GenerationConfig(max_new_tokens=48, chat=False)
     assert ppd.generate_ids(ids, config).token_ids == vanilla.generate_ids(ids, config).token_ids
+
+
+@pytest.mark.parametrize(
+    "config", [PromptTokensConfig(deep=True), PromptTokensConfig(ensemble=2)], ids=["deep", "ensemble-2"]
+)
+def test_variants_stay_lossless_and_change_the_guesses(
+    smollm_f32: LoadedModel, config: PromptTokensConfig
+) -> None:
+    """Deep vectors and ensembles act on prompt slots only: guesses change, committed tokens do not."""
+    vanilla = Engine(smollm_f32)
+    plain = PromptTokens.initial(smollm_f32)
+    variant = PromptTokens.initial(smollm_f32, config, seed=1)
+    if variant.layer_deltas is not None:
+        with torch.no_grad():
+            variant.layer_deltas.normal_(0, 0.5)
+    tree = load_tree("default")
+    for prompt in PROMPTS[4:6]:
+        ids = vanilla.encode(prompt)
+        gen = GenerationConfig(max_new_tokens=40)
+        expected = vanilla.generate_ids(ids, gen).token_ids
+        got = Engine(smollm_f32, variant, tree).generate_ids(ids, gen)
+        assert got.token_ids == expected
+    # the variant's prompt-slot distributions differ from the plain tokens'
+    ids = vanilla.encode(PROMPTS[0])
+    slot_logits = []
+    for tokens in (plain, variant):
+        engine = Engine(smollm_f32, tokens, tree)
+        with torch.inference_mode():
+            result = engine._step(  # the prefill step: context + root with its prompt slots
+                KVCache(), ids[:-1], ids[-1], None, True, GenerationConfig(), None, [], GenerationStats()
+            )
+        assert result.prompt_logits is not None
+        slot_logits.append(result.prompt_logits)
+    assert slot_logits[0].shape == slot_logits[1].shape == (3, smollm_f32.model.config.vocab_size)
+    assert not torch.allclose(slot_logits[0], slot_logits[1])

@@ -28,12 +28,16 @@ PROMPT = "Name a colour."
 
 def exact_distribution(base: LoadedModel, ids: list[int]) -> dict[tuple[int, ...], float]:
     """P(t1, t2, t3) under temperature-1 top-3 sampling, by enumerating the 27 sequences."""
+
     def step(prefixes: list[list[int]]) -> list[list[tuple[int, float]]]:
         with torch.inference_mode():
             logits = base.model(torch.tensor([ids + p for p in prefixes])).logits[:, -1]
         probs = verify.sampling_probs(logits, TEMPERATURE, TOP_K, 1.0)
         top = probs.topk(TOP_K, dim=-1)
-        return [list(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(top.indices, top.values, strict=True)]
+        return [
+            list(zip(i.tolist(), v.tolist(), strict=True))
+            for i, v in zip(top.indices, top.values, strict=True)
+        ]
 
     dist: dict[tuple[int, ...], float] = {}
     first = step([[]])[0]
@@ -58,9 +62,16 @@ class LikelyProposer:
         prefix = tuple(generated)
         for i in range(depth):
             ranked = sorted(
-                {seq[len(prefix)]: 0.0 for seq in self.dist if seq[: len(prefix)] == prefix and len(seq) > len(prefix)},
+                {
+                    seq[len(prefix)]: 0.0
+                    for seq in self.dist
+                    if seq[: len(prefix)] == prefix and len(seq) > len(prefix)
+                },
             )
-            scores = {t: sum(p for s, p in self.dist.items() if s[: len(prefix) + 1] == (*prefix, t)) for t in ranked}
+            scores = {
+                t: sum(p for s, p in self.dist.items() if s[: len(prefix) + 1] == (*prefix, t))
+                for t in ranked
+            }
             best = sorted(scores, key=lambda t: -scores[t])[:top_k]
             if best:
                 out[i, : len(best)] = torch.tensor(best)
@@ -68,7 +79,9 @@ class LikelyProposer:
         return out
 
 
-def chi_square_p_value(counts: dict[tuple[int, ...], int], dist: dict[tuple[int, ...], float], n: int) -> float:
+def chi_square_p_value(
+    counts: dict[tuple[int, ...], int], dist: dict[tuple[int, ...], float], n: int
+) -> float:
     """Upper tail of the chi-square statistic, cells with expected count < 5 pooled."""
     stat, pooled_observed, pooled_expected, cells = 0.0, 0, 0.0, 0
     for outcome, p in dist.items():
@@ -82,7 +95,9 @@ def chi_square_p_value(counts: dict[tuple[int, ...], int], dist: dict[tuple[int,
     if pooled_expected > 0:
         stat += (pooled_observed - pooled_expected) ** 2 / pooled_expected
         cells += 1
-    assert sum(counts.values()) == n and not set(counts) - set(dist), "a sample fell outside the top-k support"
+    assert sum(counts.values()) == n and not set(counts) - set(dist), (
+        "a sample fell outside the top-k support"
+    )
     dof = cells - 1
     return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(stat / 2)))
 
@@ -139,7 +154,10 @@ def test_the_test_rejects_a_biased_acceptance_rule(setup, monkeypatch: pytest.Mo
     assert chi_square_p_value(counts, dist, SAMPLES) < 0.001
 
 
-@pytest.mark.parametrize(("top_k", "top_p", "support"), [(0, 1.0, 6), (2, 1.0, 2), (0, 0.5, 1), (0, 0.75, 2)])
+@pytest.mark.parametrize(
+    ("top_k", "top_p", "support"),
+    [(0, 1.0, 6), (2, 1.0, 2), (0, 0.35, 1), (0, 0.5, 2), (0, 0.75, 3), (2, 0.75, 2)],
+)
 def test_sampling_probs_filtering(top_k: int, top_p: float, support: int) -> None:
     logits = torch.log(torch.tensor([[0.4, 0.3, 0.15, 0.1, 0.03, 0.02]]))
     probs = verify.sampling_probs(logits, 1.0, top_k, top_p)

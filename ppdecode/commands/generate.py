@@ -15,8 +15,12 @@ from ppdecode.tree.spec import DEFAULT_TREE
 
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt (a user message for chat models).")],
-    model: Annotated[str, typer.Option(help="Embedded model name, HF model directory or .gguf file.")] = DEFAULT_MODEL,
-    prompt_tokens: Annotated[str, typer.Option(help="Prompt-token artifact directory, or 'default'.")] = "default",
+    model: Annotated[
+        str, typer.Option(help="Embedded model name, HF model directory or .gguf file.")
+    ] = DEFAULT_MODEL,
+    prompt_tokens: Annotated[
+        str, typer.Option(help="Prompt-token artifact directory, or 'default'.")
+    ] = "default",
     tree: Annotated[str, typer.Option(help="Tree spec JSON or packaged tree name.")] = DEFAULT_TREE,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "auto",
@@ -29,16 +33,27 @@ def generate(
     accept: Annotated[AcceptMode, typer.Option(help="Verification rule.")] = AcceptMode.AUTO,
     no_ppd: Annotated[bool, typer.Option("--no-ppd", help="Decode without guesses (vanilla).")] = False,
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of streaming.")
+    ] = False,
 ) -> None:
     """Generate text from PROMPT, streaming it, then print a one-line summary."""
     from ppdecode import load
 
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        stop=tuple(stop or ()), accept=accept, chat=not raw, use_ppd=not no_ppd,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop=tuple(stop or ()),
+        accept=accept,
+        chat=not raw,
+        use_ppd=not no_ppd,
     )
-    engine = load(model, prompt_tokens=None if no_ppd else prompt_tokens, tree=tree, device=device, dtype=dtype)
+    engine = load(
+        model, prompt_tokens=None if no_ppd else prompt_tokens, tree=tree, device=device, dtype=dtype
+    )
     for chunk in engine.stream(prompt, config):
         if not as_json:
             sys.stdout.write(chunk.text)
@@ -61,7 +76,8 @@ def generate(
     typer.secho(
         f"[{stats.new_tokens} new tokens, {stats.steps} steps, τ {stats.tau:.2f}, "
         f"{stats.tokens_per_s:.1f} tokens/s, {result.finish_reason}]",
-        fg=typer.colors.BRIGHT_BLACK, err=True,
+        fg=typer.colors.BRIGHT_BLACK,
+        err=True,
     )
 
 

@@ -37,7 +37,9 @@ class TreeBuffers:
     parent: torch.Tensor  # [1 + num_nodes] input index of each token input's parent (root: 0)
     paths: torch.Tensor  # [num_paths, max(depth, 1)] node input indices root-to-leaf, padded with T
     path_rows: tuple[tuple[int, ...], ...]  # the same paths on the host, unpadded
-    slot_inputs: torch.Tensor  # [1 + num_nodes, N, V] input index of slot j, member e of a token input; -1: none
+    slot_inputs: (
+        torch.Tensor
+    )  # [1 + num_nodes, N, V] input index of slot j, member e of a token input; -1: none
     node_slots: tuple[int, ...]  # [1 + num_nodes] number of slots of each token input
     children: tuple[tuple[int, ...], ...]  # [1 + num_nodes] child input indices in rank order
 
@@ -76,7 +78,7 @@ def build_buffers(spec: TreeSpec, depth: int, ensemble: int = 1) -> TreeBuffers:
         attend[i, ancestors[i]] = True
         offsets[i] = len(path)
     slot_inputs = torch.full((num_tokens, n, ensemble), -1, dtype=torch.long)
-    for s, (owner, j, member) in enumerate(zip(slot_owner, slot_number, slot_member)):
+    for s, (owner, j, member) in enumerate(zip(slot_owner, slot_number, slot_member, strict=True)):
         row = num_tokens + s
         attend[row, ancestors[owner]] = True
         first_slot = row - (j - 1)

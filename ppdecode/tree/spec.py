@@ -58,9 +58,7 @@ class TreeSpec:
         if not 0 <= self.root_slots <= n:
             raise ValueError(f"tree spec: root_slots must be in 0..{n}, got {self.root_slots}")
         if len(self.trees) != n:
-            raise ValueError(
-                f"tree spec: needs one tree for each depth 1..{n}, got {len(self.trees)} trees"
-            )
+            raise ValueError(f"tree spec: needs one tree for each depth 1..{n}, got {len(self.trees)} trees")
         for depth, nodes in enumerate(self.trees, start=1):
             _validate_tree(nodes, depth, n, self.top_k)
 
@@ -157,9 +155,7 @@ class TreeSpec:
         write_json_atomic(Path(path), self.to_dict())
 
 
-def _validate_tree(
-    nodes: tuple[TreeNode, ...], depth: int, n: int, top_k: tuple[int, ...]
-) -> None:
+def _validate_tree(nodes: tuple[TreeNode, ...], depth: int, n: int, top_k: tuple[int, ...]) -> None:
     where = f"tree spec: tree for depth {depth}"
     if not nodes:
         raise ValueError(f"{where} is empty; give it at least the path [0]")
