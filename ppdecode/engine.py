@@ -134,7 +134,15 @@ class Engine:
         self.tree = tree
         self.proposer: Proposer = proposer or PromptTokenProposer()
         self.runner = ModelRunner(base)
-        self.vanilla_buffers = build_buffers(VANILLA_TREE, 0)
+        device = self.runner.device
+        self.vanilla_buffers = build_buffers(VANILLA_TREE, 0).to(device)
+        # One buffer set per depth, on the model's device, built once: a step only indexes into them.
+        self.tree_buffers: list[TreeBuffers] = []
+        if tree is not None and prompt_tokens is not None:
+            self.tree_buffers = [
+                build_buffers(tree, depth, prompt_tokens.ensemble).to(device)
+                for depth in range(tree.num_prompt_tokens + 1)
+            ]
 
     # ---- public API ---------------------------------------------------------------------------
     def encode(self, prompt: Prompt, chat: bool = True) -> list[int]:
@@ -276,7 +284,7 @@ class Engine:
         if buffers.num_nodes:
             assert prompt_logits is not None and self.tree is not None
             candidates = self.proposer.candidates(prompt_logits, self.tree.max_top_k, generated)  # [D, K]
-            node_tokens = candidates.flatten()[buffers.candidate_index.to(device)]  # [num_nodes]
+            node_tokens = candidates.flatten()[buffers.candidate_index]  # [num_nodes]
             token_ids = torch.cat([root_tensor, node_tokens])
         else:
             token_ids = root_tensor
@@ -287,17 +295,17 @@ class Engine:
         if buffers.num_inputs > buffers.num_nodes + 1:
             assert self.prompt_tokens is not None
             slot_embeds = self.prompt_tokens.slot_embeddings(
-                buffers.slot_prompt_index.to(device), buffers.slot_member.to(device), embeds.dtype
+                buffers.slot_prompt_index, buffers.slot_member, embeds.dtype
             )  # [num_slot_inputs, H]
             embeds = torch.cat([embeds, slot_embeds])
-        offsets = buffers.position_offsets.to(device)
+        offsets = buffers.position_offsets
         positions = cache_length + torch.cat([torch.arange(p, device=device), p + offsets])  # [P + T]
         trivial = buffers.num_inputs == 1
         attend = None if trivial else step_attend(cache_length, p, buffers.attend)
 
         timer = time.perf_counter()
         if self.prompt_tokens is not None and not trivial:
-            with self.prompt_tokens.active(slot_positions, buffers.slot_prompt_index.to(device)):
+            with self.prompt_tokens.active(slot_positions, buffers.slot_prompt_index):
                 logits = runner.forward(embeds, positions, attend, cache)  # [P + T, vocab]
         else:
             logits = runner.forward(embeds, positions, attend, cache)
@@ -313,16 +321,15 @@ class Engine:
         slots = buffers.node_slots[verdict.last]
         next_prompt_logits = None
         if slots:
-            index = buffers.slot_inputs[verdict.last, :slots].to(device)  # [slots, V]
+            index = buffers.slot_inputs[verdict.last, :slots]  # [slots, V]
             next_prompt_logits = logits[p + index].mean(dim=1)  # [slots, vocab]
         return _StepResult(verdict, next_prompt_logits)
 
     def _buffers(self, prompt_logits: torch.Tensor | None, use_ppd: bool, committed: int) -> TreeBuffers:
         if not use_ppd:
             return self.vanilla_buffers
-        assert self.tree is not None and self.prompt_tokens is not None
         depth = 0 if prompt_logits is None else prompt_logits.shape[0]
-        buffers = build_buffers(self.tree, depth, self.prompt_tokens.ensemble)
+        buffers = self.tree_buffers[depth]
         if committed + buffers.num_inputs > self.base.context_length:
             return self.vanilla_buffers  # near the end of the context: no room for a tree
         return buffers

@@ -22,9 +22,10 @@ def step_attend(cache_length: int, prefix: int, tree_attend: torch.Tensor) -> to
     """
     t = tree_attend.shape[0]
     rows = prefix + t
-    attend = torch.ones(rows, cache_length + rows, dtype=torch.bool)
+    device = tree_attend.device
+    attend = torch.ones(rows, cache_length + rows, dtype=torch.bool, device=device)
     if prefix:
-        attend[:prefix, cache_length:] = torch.ones(prefix, rows, dtype=torch.bool).tril()
+        attend[:prefix, cache_length:] = torch.ones(prefix, rows, dtype=torch.bool, device=device).tril()
     attend[prefix:, cache_length + prefix :] = tree_attend
     return attend
 
@@ -53,7 +54,7 @@ class ModelRunner:
         """[Q, K] bool attend + [Q] query positions -> 4D additive float mask(s) [1, 1, Q, K]."""
         blocked = torch.finfo(self.dtype).min
         full = torch.zeros(attend.shape, dtype=self.dtype, device=self.device)
-        full.masked_fill_(~attend.to(self.device), blocked)
+        full.masked_fill_(~attend, blocked)
         if self.sliding_window is None or int(positions.max()) < self.sliding_window:
             return (
                 full[None, None]

@@ -14,7 +14,7 @@ ancestors, c, and slots 1..j of c (of its own ensemble member). Everything sees 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 import torch
@@ -42,6 +42,15 @@ class TreeBuffers:
     )  # [1 + num_nodes, N, V] input index of slot j, member e of a token input; -1: none
     node_slots: tuple[int, ...]  # [1 + num_nodes] number of slots of each token input
     children: tuple[tuple[int, ...], ...]  # [1 + num_nodes] child input indices in rank order
+
+    def to(self, device: torch.device) -> TreeBuffers:
+        """The same buffers with every tensor on ``device`` (done once per engine, not per step)."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **moved)
 
 
 @lru_cache(maxsize=64)
