@@ -45,20 +45,17 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: 
     return scores.softmax(-1)
 
 
-def _longest_path(
-    passes: torch.Tensor, tokens: torch.Tensor, buffers: TreeBuffers
-) -> tuple[list[int], list[int]]:
-    """passes: [num_nodes] bool per candidate node -> (accepted input indices, accepted tokens)."""
-    if buffers.num_nodes == 0:
-        return [], []
-    flags = torch.zeros(buffers.num_inputs + 1, dtype=torch.bool, device=passes.device)
+def _accept_lengths(passes: torch.Tensor, buffers: TreeBuffers) -> torch.Tensor:
+    """passes: [num_nodes] per candidate node -> [num_paths] accepted prefix length of each path."""
+    flags = torch.zeros(buffers.num_inputs + 1, dtype=torch.long, device=passes.device)
     flags[1 : buffers.num_nodes + 1] = passes
-    paths = buffers.paths.to(passes.device)  # [P, depth]
-    accept_lengths = flags[paths].cumprod(dim=1).sum(dim=1)  # [P]
-    best = int(accept_lengths.argmax())
-    length = int(accept_lengths[best])
-    accepted = buffers.path_rows[best][:length]
-    return list(accepted), tokens[list(accepted)].tolist() if accepted else []
+    return flags[buffers.paths.to(passes.device)].cumprod(dim=1).sum(dim=1)
+
+
+def _best_path(lengths: list[int], buffers: TreeBuffers) -> list[int]:
+    """Input indices of the longest accepted chain (the first path among equals)."""
+    best = max(range(len(lengths)), key=lambda p: (lengths[p], -p))
+    return list(buffers.path_rows[best][: lengths[best]])
 
 
 def verify_greedy(logits: torch.Tensor, tokens: torch.Tensor, buffers: TreeBuffers) -> Verdict:
@@ -71,18 +68,14 @@ def verify_greedy(logits: torch.Tensor, tokens: torch.Tensor, buffers: TreeBuffe
     if buffers.num_nodes == 0:
         return Verdict([], [], int(predicted[0]))
     passes = tokens[1:] == predicted[buffers.parent[1:].to(tokens.device)]  # [num_nodes]
-    flags = torch.zeros(buffers.num_inputs + 1, dtype=torch.long, device=tokens.device)
-    flags[1 : buffers.num_nodes + 1] = passes
-    accept_lengths = flags[buffers.paths.to(tokens.device)].cumprod(dim=1).sum(dim=1)  # [P]
-    host = torch.cat([accept_lengths, predicted, tokens]).tolist()
+    host = torch.cat([_accept_lengths(passes, buffers), predicted, tokens]).tolist()
     num_paths, width = len(buffers.path_rows), buffers.num_nodes + 1
     lengths, predicted_host, tokens_host = (
         host[:num_paths],
         host[num_paths : num_paths + width],
         host[-width:],
     )
-    best = max(range(num_paths), key=lambda p: (lengths[p], -p))
-    accepted = list(buffers.path_rows[best][: lengths[best]])
+    accepted = _best_path(lengths, buffers)
     last = accepted[-1] if accepted else 0
     return Verdict(accepted, [tokens_host[i] for i in accepted], predicted_host[last])
 
@@ -109,7 +102,8 @@ def verify_typical(
         torch.full_like(entropy, posterior_threshold), posterior_alpha * torch.exp(-entropy)
     )
     passes = raw[parent, tokens[1:]] > threshold[parent]  # [num_nodes]
-    accepted, accepted_tokens = _longest_path(passes, tokens, buffers)
+    accepted = _best_path(_accept_lengths(passes, buffers).tolist(), buffers) if buffers.num_nodes else []
+    accepted_tokens = tokens[accepted].tolist() if accepted else []
     last = accepted[-1] if accepted else 0
     probs = sampling_probs(logits[last : last + 1], temperature, top_k, top_p)[0]
     bonus = int(torch.multinomial(probs.cpu(), 1, generator=generator))

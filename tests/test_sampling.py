@@ -14,11 +14,13 @@ import pytest
 import torch
 
 from ppdecode import verify
-from ppdecode.config import GenerationConfig
+from ppdecode.config import AcceptMode, GenerationConfig
 from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens
 from ppdecode.tree.spec import load_tree
+
+from .helpers import ReferenceProposer
 
 TOP_K = 3
 TEMPERATURE = 1.0
@@ -169,3 +171,17 @@ def test_all_three_token_sequences_enumerated(setup) -> None:
     _, _, dist = setup
     assert len(dist) == TOP_K**3
     assert all(len(seq) == 3 for seq in itertools.islice(dist, 5))
+
+
+@pytest.mark.parametrize("accept", [AcceptMode.TYPICAL, AcceptMode.LOSSLESS])
+def test_near_zero_temperature_reproduces_greedy(smollm_f32: LoadedModel, accept: AcceptMode) -> None:
+    """At temperature → 0 both sampling rules collapse onto greedy decoding (with a trained-like oracle)."""
+    vanilla = Engine(smollm_f32)
+    ids = vanilla.encode("List three fruits.")
+    greedy = vanilla.generate_ids(ids, GenerationConfig(max_new_tokens=32)).token_ids
+    proposer = ReferenceProposer(greedy, smollm_f32.model.config.vocab_size, right=True)
+    engine = Engine(smollm_f32, PromptTokens.initial(smollm_f32), load_tree("default"), proposer)
+    config = GenerationConfig(max_new_tokens=32, temperature=1e-3, accept=accept, seed=0)
+    result = engine.generate_ids(ids, config)
+    assert result.token_ids == greedy
+    assert result.stats.tau > 2.0, "the oracle's guesses should be accepted"
