@@ -10,7 +10,6 @@ import typer
 
 from ppdecode.config import AcceptMode, GenerationConfig
 from ppdecode.models import DEFAULT_MODEL
-from ppdecode.tree.spec import DEFAULT_TREE
 
 
 def generate(
@@ -21,7 +20,13 @@ def generate(
     prompt_tokens: Annotated[
         str, typer.Option(help="Prompt-token artifact directory, or 'default'.")
     ] = "default",
-    tree: Annotated[str, typer.Option(help="Tree spec JSON or packaged tree name.")] = DEFAULT_TREE,
+    tree: Annotated[
+        str,
+        typer.Option(help="'auto' (tuned for this device), a tree spec JSON, a packaged tree or a profile."),
+    ] = "auto",
+    no_tune: Annotated[
+        bool, typer.Option("--no-tune", help="With --tree auto, never tune on first use.")
+    ] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "auto",
     max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 256,
