@@ -22,14 +22,20 @@ The search (``build_tree``) chooses, for every depth, a tree size T_d and a slot
    yield of the tree the *current configuration* uses at depth n (not the best tree of the same size),
    because that is what a step at depth n will actually verify; for the depth being resized we use the
    candidate tree's own f, which depends only on its nodes, not on their slots;
-3. the sizes are found by coordinate ascent on the exact expected τ: for each depth in turn, try every
-   size that fits, re-allocate its slots with the rule above, keep the size with the best τ of the whole
-   configuration; repeat until no depth changes. τ only increases, so this terminates.
+3. the sizes are found by policy iteration: each depth's tree is the "action" of a Markov decision
+   process over depths. Evaluate the current configuration (τ, and the relative value h(d) of being at
+   depth d), then give every depth the size T, with its slots from rule 2, that maximises
+   f(d, T) + Σ_c q_c h(n_c) + q_root h(root_slots); keep the new configuration while its exact τ rises.
+   Unlike coordinate ascent on τ itself, this also improves depths the current configuration never
+   visits (π_d = 0), which would otherwise keep their first guess. On the tables we tried it comes
+   within 0.1% of the optimum over top-T trees with free slot allocation (policy iteration with an
+   exact knapsack on h in place of rule 2).
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import logging
 from collections.abc import Sequence
@@ -83,7 +89,8 @@ class Accuracy:
                 )
         if self.topk_accuracy and len(self.topk_accuracy) != n:
             raise ValueError(
-                f"{where}: topk_accuracy has {len(self.topk_accuracy)} rows, expected one per prompt token ({n})"
+                f"{where}: topk_accuracy has {len(self.topk_accuracy)} rows, "
+                f"expected one per prompt token ({n})"
             )
         for i, row in enumerate(self.topk_accuracy):
             _check_probs(row, f"{where}: topk_accuracy[{i}]")
@@ -200,7 +207,9 @@ def best_paths(
     return out
 
 
-def expected_accepted(acc: Accuracy, depth: int, size: int, top_k: int | Sequence[int] | None = None) -> float:
+def expected_accepted(
+    acc: Accuracy, depth: int, size: int, top_k: int | Sequence[int] | None = None
+) -> float:
     """f(depth, size): expected accepted candidates (bonus excluded) of the best tree of that size."""
     return sum(scored.prob for scored in best_paths(acc, depth, size, top_k))
 
@@ -209,7 +218,7 @@ def last_accepted_probs(paths: Sequence[RankPath], probs: Sequence[float]) -> li
     """q_c = p(c) − Σ_children p(child) for a prefix-closed set of paths (clamped at 0 for rounding)."""
     index = {path: i for i, path in enumerate(paths)}
     q = list(probs)
-    for path, prob in zip(paths, probs):
+    for path, prob in zip(paths, probs, strict=True):
         if len(path) > 1:
             q[index[path[:-1]]] -= prob
     return [max(0.0, x) for x in q]
@@ -289,7 +298,7 @@ def expected_tau(acc: Accuracy, spec: TreeSpec) -> float:
         nodes = spec.tree(depth)
         paths = [node.path for node in nodes]
         probs = [acc.path_prob(path) for path in paths]
-        root_last = max(0.0, 1.0 - sum(p for path, p in zip(paths, probs) if len(path) == 1))
+        root_last = max(0.0, 1.0 - sum(p for path, p in zip(paths, probs, strict=True) if len(path) == 1))
         trans[depth] = _transition_row(
             last_accepted_probs(paths, probs), [node.slots for node in nodes], root_last, spec.root_slots, n
         )
@@ -415,7 +424,7 @@ def _search(ranked: list[_Ranked], budget: int, n: int) -> tuple[list[_Choice], 
                     best = (score, choice)
             assert best is not None
             new_choices.append(best[1])
-        new_f = np.array([0.0] + [r.cum[c.size] for r, c in zip(ranked, new_choices)])
+        new_f = np.array([0.0] + [r.cum[c.size] for r, c in zip(ranked, new_choices, strict=True)])
         new_trans = trans.copy()
         new_trans[1:] = [choice.row for choice in new_choices]
         new_tau, new_pi = _tau(new_trans, new_f, root_slots)
@@ -450,20 +459,19 @@ def build_tree(
     max_nodes = budget - 1 - n
     ranked = [_Ranked.of(best_paths(acc, d, max_nodes, limits)) for d in range(1, n + 1)]
     choices, tau, pi = _search(ranked, budget, n)
-    trees = []
-    for ranks, choice in zip(ranked, choices):
+    trees: list[tuple[TreeNode, ...]] = []
+    for ranks, choice in zip(ranked, choices, strict=True):
         nodes = [TreeNode(ranks.paths[j], choice.slots[j]) for j in range(choice.size)]
         trees.append(tuple(sorted(nodes, key=lambda node: (len(node.path), node.path))))
     if top_k is None:
-        used = [0] * n
-        for nodes in trees:
-            for node in nodes:
-                for i, rank in enumerate(node.path):
-                    used[i] = max(used[i], rank + 1)
-        spec_top_k = tuple(max(1, u) for u in used)
+        used = [1] * n  # the spec needs top_k >= 1 even for a prompt token no path reaches
+        for node in itertools.chain.from_iterable(trees):
+            for i, rank in enumerate(node.path):
+                used[i] = max(used[i], rank + 1)
+        spec_top_k = tuple(used)
     else:
         spec_top_k = (top_k,) * n if isinstance(top_k, int) else tuple(top_k)
-    f_by_depth = [ranks.cum[choice.size] for ranks, choice in zip(ranked, choices)]
+    f_by_depth = [ranks.cum[choice.size] for ranks, choice in zip(ranked, choices, strict=True)]
     spec = TreeSpec(
         num_prompt_tokens=n,
         top_k=spec_top_k,
@@ -480,7 +488,9 @@ def build_tree(
     )
     logger.info(
         "built tree for budget %d: expected tau %.4f, input sizes %s",
-        budget, tau, [spec.input_size(d) for d in range(1, n + 1)],
+        budget,
+        tau,
+        [spec.input_size(d) for d in range(1, n + 1)],
     )
     return spec
 

@@ -1,0 +1,212 @@
+"""The decoding methods a benchmark compares, behind one small interface.
+
+Every method takes the same token ids and the same ``max_new_tokens`` and stops at the same EOS
+ids, and reports the new tokens (EOS included, as our engine does), the wall time, the forward passes
+after the prefill ("steps") and, where it can tell, τ of each step.
+
+- ``EngineMethod``: our engine, vanilla (one token per forward) or PPD with a named tree, greedy or
+  lossless sampling at a temperature.
+- ``HFMethod``: ``transformers`` ``generate()``: greedy, prompt-lookup decoding
+  (``prompt_lookup_num_tokens``) or assisted generation with a draft model (``assistant_model``).
+  Steps and τ come from a forward pre-hook that reads the cache length at each target forward: the
+  cache grows by exactly the tokens the previous forward committed (HF crops rejected rows).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from ppdecode.config import GenerationConfig
+from ppdecode.engine import Engine
+from ppdecode.models import LoadedModel
+from ppdecode.tree.buffers import build_buffers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOutput:
+    token_ids: list[int]  # new tokens, EOS included when the method stopped on it
+    seconds: float
+    steps: int  # forward passes of the target model after the prefill
+    accept_lengths: list[int] | None  # τ of each step; None when unknown
+    finish_reason: str  # "eos" or "length" (or the engine's own reasons)
+
+
+class Method(Protocol):
+    name: str
+    greedy: bool
+    ppd: bool  # decodes with prompt tokens (the memory overhead is measured for these)
+
+    def run(self, input_ids: list[int], max_new_tokens: int, seed: int | None) -> RunOutput:
+        """Generate a continuation of ``input_ids``; ``seed`` matters only for sampling methods."""
+        ...
+
+    def extra_parameters(self) -> int:
+        """Parameters this method adds to the base model (prompt tokens, a draft model)."""
+        ...
+
+    def extra_buffer_bytes(self) -> int:
+        """Bytes of static buffers this method keeps besides parameters (tree buffers)."""
+        ...
+
+
+class EngineMethod:
+    """Our engine: vanilla when ``use_ppd`` is False, else PPD with the engine's tree."""
+
+    def __init__(self, name: str, engine: Engine, use_ppd: bool, temperature: float = 0.0) -> None:
+        if use_ppd and engine.prompt_tokens is None:
+            raise ValueError(f"method {name}: PPD needs an engine with prompt tokens")
+        self.name = name
+        self.engine = engine
+        self.use_ppd = use_ppd
+        self.temperature = temperature
+        self.greedy = temperature == 0
+        self.ppd = use_ppd
+
+    def run(self, input_ids: list[int], max_new_tokens: int, seed: int | None) -> RunOutput:
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            temperature=self.temperature,
+            seed=None if self.greedy else seed,
+            use_ppd=self.use_ppd,
+        )
+        start = time.perf_counter()
+        result = self.engine.generate_ids(input_ids, config)
+        seconds = time.perf_counter() - start
+        stats = result.stats
+        return RunOutput(
+            list(result.token_ids), seconds, stats.steps, list(stats.accept_lengths), result.finish_reason
+        )
+
+    def extra_parameters(self) -> int:
+        tokens = self.engine.prompt_tokens
+        return tokens.num_parameters() if self.use_ppd and tokens is not None else 0
+
+    def extra_buffer_bytes(self) -> int:
+        tree, tokens = self.engine.tree, self.engine.prompt_tokens
+        if not self.use_ppd or tree is None or tokens is None:
+            return 0
+        return sum(
+            _buffer_bytes(build_buffers(tree, depth, tokens.ensemble))
+            for depth in range(tree.num_prompt_tokens + 1)
+        )
+
+
+def _buffer_bytes(buffers: Any) -> int:
+    from ppdecode.bench.memory import tensors_bytes
+
+    return tensors_bytes(buffers)
+
+
+class HFMode(str, enum.Enum):
+    GREEDY = "greedy"
+    PROMPT_LOOKUP = "prompt-lookup"
+    ASSISTED = "assisted"
+
+
+class HFMethod:
+    """``transformers`` ``generate()`` on the same model object, greedy (``do_sample=False``)."""
+
+    def __init__(
+        self,
+        name: str,
+        base: LoadedModel,
+        mode: HFMode,
+        prompt_lookup_num_tokens: int = 10,
+        draft: LoadedModel | None = None,
+    ) -> None:
+        if mode is HFMode.ASSISTED and draft is None:
+            raise ValueError("assisted generation needs a draft model: pass --draft-model")
+        if prompt_lookup_num_tokens < 1:
+            raise ValueError(f"prompt_lookup_num_tokens must be >= 1, got {prompt_lookup_num_tokens}")
+        self.name = name
+        self.base = base
+        self.mode = mode
+        self.draft = draft
+        self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
+        self.greedy = True
+        self.ppd = False
+        eos = list(base.eos_token_ids)
+        pad = base.tokenizer.pad_token_id
+        self.kwargs: dict[str, Any] = {
+            "do_sample": False,
+            "eos_token_id": eos,
+            "pad_token_id": pad if pad is not None else eos[0],
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+        }
+        if mode is HFMode.PROMPT_LOOKUP:
+            self.kwargs["prompt_lookup_num_tokens"] = prompt_lookup_num_tokens
+        elif mode is HFMode.ASSISTED:
+            assert draft is not None
+            self.kwargs["assistant_model"] = draft.model
+            if draft.tokenizer.get_vocab() != base.tokenizer.get_vocab():
+                # Universal assisted generation: HF re-tokenises between the two vocabularies.
+                self.kwargs["tokenizer"] = base.tokenizer
+                self.kwargs["assistant_tokenizer"] = draft.tokenizer
+
+    @torch.inference_mode()
+    def run(self, input_ids: list[int], max_new_tokens: int, seed: int | None) -> RunOutput:
+        device = self.base.device
+        ids = torch.tensor([input_ids], device=device)  # [1, P]
+        mask = torch.ones_like(ids)
+        starts: list[int] = []  # cache length at the start of each target forward
+
+        def count(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            starts.append(int(cache.get_seq_length()) if cache is not None else -1)
+
+        hook = self.base.model.register_forward_pre_hook(count, with_kwargs=True)
+        try:
+            start = time.perf_counter()
+            out = self.base.model.generate(
+                ids, attention_mask=mask, max_new_tokens=max_new_tokens, **self.kwargs
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+        finally:
+            hook.remove()
+        tokens = out[0, len(input_ids) :].tolist()
+        eos = set(self.base.eos_token_ids)
+        cut = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))  # drop padding after EOS
+        tokens = tokens[:cut]
+        finish = "eos" if tokens and tokens[-1] in eos else "length"
+        return RunOutput(
+            tokens,
+            seconds,
+            max(len(starts) - 1, 0),
+            _accept_lengths(starts, len(input_ids), len(tokens)),
+            finish,
+        )
+
+    def extra_parameters(self) -> int:
+        if self.draft is None:
+            return 0
+        return sum(p.numel() for p in self.draft.model.parameters())
+
+    def extra_buffer_bytes(self) -> int:
+        return 0
+
+
+def _accept_lengths(starts: list[int], prompt_length: int, new_tokens: int) -> list[int] | None:
+    """τ per step from the cache length at the start of each target forward: [prefill, step 1, ...].
+
+    Step i committed ``starts[i + 1] - starts[i]`` tokens, and the last step the rest of the output (the
+    final sequence, less its cache, less the token it fed in). The prefill is not a step (as in our
+    engine), although in assisted generation it may already verify a draft and commit more than one token.
+    """
+    if not starts or any(s < 0 for s in starts):
+        return None
+    lengths = [b - a for a, b in zip(starts[1:], starts[2:], strict=False)]
+    if len(starts) > 1:
+        lengths.append(prompt_length + new_tokens - 1 - starts[-1])
+    return lengths

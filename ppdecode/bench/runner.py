@@ -1,0 +1,433 @@
+"""The benchmark loop: load once, warm up, then run every method on every question, interleaved.
+
+Order of work (docs/benchmarks.md):
+1. Load the base model once; every method shares it (engines, ``generate()``, the draft if any).
+2. Warm up each method on the first question (short, untimed).
+3. For each question, for each repeat, run every method on all the question's turns, in an order
+   rotated per question, so that machine drift and cache effects hit every method alike. A method
+   answers turn 2 after its own answer to turn 1.
+4. Compare greedy outputs with the reference (our vanilla greedy, else transformers greedy).
+5. Memory probes (untimed): peak tensor bytes of vanilla and of each PPD method on a few questions.
+6. Write ``records.jsonl`` (one line per method and question), ``summary.json`` and the plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppdecode.bench import prompts as prompt_sets
+from ppdecode.bench.environment import environment
+from ppdecode.bench.memory import PeakRSS, TensorPeak, module_bytes
+from ppdecode.bench.methods import EngineMethod, HFMethod, HFMode, Method, RunOutput
+from ppdecode.bench.metrics import Record, first_difference, median, overhead, summarise
+from ppdecode.bench.prompts import BenchPrompt
+from ppdecode.engine import Engine
+from ppdecode.models import DEFAULT_MODEL, LoadedModel, load_model
+from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
+from ppdecode.tree.spec import DEFAULT_TREE, TreeSpec, load_tree
+
+logger = logging.getLogger(__name__)
+
+FAMILIES = ("vanilla", "hf-greedy", "hf-lookup", "hf-assisted", "ppd")
+DEFAULT_FAMILIES = ("vanilla", "hf-greedy", "hf-lookup", "ppd")  # + hf-assisted when a draft is given
+WARMUP_TOKENS = 16
+
+
+@dataclass
+class BenchConfig:
+    """What to run. ``trees`` are extra named PPD trees besides the default one."""
+
+    prompts: str = prompt_sets.BUILTIN
+    categories: tuple[str, ...] = ()
+    limit: int | None = None
+    max_new_tokens: int = 256
+    methods: tuple[str, ...] = ()  # families; () = the defaults
+    baseline: str = "hf-greedy"
+    model: str = DEFAULT_MODEL
+    prompt_tokens: str | None = "default"
+    tree: str = DEFAULT_TREE
+    trees: tuple[tuple[str, str], ...] = ()  # (name, path or packaged name)
+    temperature: float = 0.0  # > 0 adds sampling variants of vanilla and PPD (lossless)
+    draft_model: str | None = None
+    prompt_lookup_num_tokens: int = 10
+    repeat: int = 1
+    warmup: int = 1
+    memory_probes: int = 1
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None
+    output_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(self.methods)
+        unknown = [m for m in self.methods if m not in FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}: choose from {', '.join(FAMILIES)}")
+        if "hf-assisted" in self.methods and not self.draft_model:
+            raise ValueError("method hf-assisted needs a draft model: pass --draft-model")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.repeat < 1:
+            raise ValueError(f"--repeat must be >= 1, got {self.repeat}")
+        if self.warmup < 0 or self.memory_probes < 0:
+            raise ValueError("--warmup and --memory-probes must be >= 0")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        names = [name for name, _ in self.trees]
+        if len(set(names)) != len(names) or "default" in names:
+            raise ValueError(f"tree names must be unique and not 'default', got {names}")
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        if self.methods:
+            return self.methods
+        return (*DEFAULT_FAMILIES, "hf-assisted") if self.draft_model else DEFAULT_FAMILIES
+
+
+@dataclass
+class BenchResult:
+    records: list[Record]
+    summary: dict[str, Any]
+    output_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def default_output_dir() -> Path:
+    return Path("runs") / "bench" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+# ---- setup ------------------------------------------------------------------------------------------
+def build_methods(config: BenchConfig, base: LoadedModel) -> tuple[list[Method], dict[str, Any]]:
+    """The methods to compare, sharing ``base``; also what each adds (for the summary)."""
+    families = config.families
+    methods: list[Method] = []
+    vanilla = Engine(base)
+    if "vanilla" in families:
+        methods.append(EngineMethod("vanilla", vanilla, use_ppd=False))
+    if "hf-greedy" in families:
+        methods.append(HFMethod("hf-greedy", base, HFMode.GREEDY))
+    if "hf-lookup" in families:
+        methods.append(HFMethod("hf-lookup", base, HFMode.PROMPT_LOOKUP, config.prompt_lookup_num_tokens))
+    if "hf-assisted" in families:
+        assert config.draft_model is not None
+        draft = load_model(config.draft_model, device=str(base.device), dtype=base.dtype)
+        methods.append(HFMethod("hf-assisted", base, HFMode.ASSISTED, draft=draft))
+    ppd_engines: dict[str, Engine] = {}
+    if "ppd" in families:
+        tokens = _prompt_tokens(config, base)
+        trees: list[tuple[str, TreeSpec]] = [("default", load_tree(config.tree))]
+        trees += [(name, load_tree(path)) for name, path in config.trees]
+        for name, spec in trees:
+            ppd_engines[name] = Engine(base, tokens, spec)
+            methods.append(EngineMethod(f"ppd:{name}", ppd_engines[name], use_ppd=True))
+    if config.temperature > 0:
+        t = f"@t{config.temperature:g}"
+        if "vanilla" in families:
+            methods.append(
+                EngineMethod(f"vanilla{t}", vanilla, use_ppd=False, temperature=config.temperature)
+            )
+        if ppd_engines:
+            engine = ppd_engines["default"]
+            methods.append(
+                EngineMethod(f"ppd:default{t}", engine, use_ppd=True, temperature=config.temperature)
+            )
+    names = [m.name for m in methods]
+    if config.baseline not in names:
+        raise ValueError(f"--baseline {config.baseline!r} is not among the methods run: {', '.join(names)}")
+    info = {
+        m.name: {
+            "greedy": m.greedy,
+            "ppd": m.ppd,
+            "extra_parameters": m.extra_parameters(),
+            "extra_buffer_bytes": m.extra_buffer_bytes(),
+            **({"tree": _tree_info(m)} if isinstance(m, EngineMethod) and m.ppd else {}),
+        }
+        for m in methods
+    }
+    return methods, info
+
+
+def _prompt_tokens(config: BenchConfig, base: LoadedModel) -> PromptTokens:
+    if config.prompt_tokens in (None, "default"):
+        return default_prompt_tokens(base)
+    return PromptTokens.load(config.prompt_tokens, base)
+
+
+def _tree_info(method: EngineMethod) -> dict[str, Any]:
+    tree = method.engine.tree
+    assert tree is not None
+    return {
+        "input_sizes": {d: tree.input_size(d) for d in range(tree.num_prompt_tokens + 1)},
+        "top_k": list(tree.top_k),
+        "meta": tree.meta,
+    }
+
+
+# ---- running ----------------------------------------------------------------------------------------
+@dataclass
+class _Answer:
+    """One method's answer to all turns of one question, in one repeat."""
+
+    outputs: list[RunOutput]
+    peak_rss: int
+    peak_alloc: int | None  # CUDA only
+
+    @property
+    def seconds(self) -> float:
+        return sum(o.seconds for o in self.outputs)
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [t for o in self.outputs for t in o.token_ids]
+
+
+def answer(
+    method: Method, engine: Engine, prompt: BenchPrompt, max_new_tokens: int, seed: int
+) -> list[RunOutput]:
+    """Run ``method`` on every turn of ``prompt``; its own answer to turn i joins the conversation."""
+    if not prompt.chat or (not engine.base.is_chat and len(prompt.turns) == 1):
+        ids = engine.encode(prompt.turns[0], chat=False)  # code completion, or a model without a template
+        return [method.run(ids, max_new_tokens, seed)]
+    if not engine.base.is_chat:
+        raise ValueError(
+            f"question {prompt.question_id} has {len(prompt.turns)} turns but {engine.base.name} has no chat "
+            "template; use a chat model or single-turn prompts (e.g. --prompts humaneval)"
+        )
+    messages: list[dict[str, str]] = []
+    outputs: list[RunOutput] = []
+    eos = set(engine.base.eos_token_ids)
+    for turn_index, turn in enumerate(prompt.turns):
+        messages.append({"role": "user", "content": turn})
+        ids = engine.encode(messages, chat=True)
+        out = method.run(ids, max_new_tokens, seed + turn_index)
+        outputs.append(out)
+        reply = engine.tokenizer.decode([t for t in out.token_ids if t not in eos], skip_special_tokens=True)
+        messages.append({"role": "assistant", "content": reply})
+    return outputs
+
+
+def run_bench(
+    config: BenchConfig,
+    base: LoadedModel | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Run the benchmark ``config`` describes; ``base`` reuses an already loaded model."""
+    previous = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run_bench(config, base, progress)
+    finally:
+        torch.set_num_threads(previous)  # a library call leaves the process as it found it
+
+
+def _run_bench(
+    config: BenchConfig, base: LoadedModel | None, progress: Callable[[str], None] | None
+) -> BenchResult:
+    from ppdecode.bench.plots import save_plots
+    from ppdecode.bench.report import build_summary
+
+    questions = prompt_sets.select(
+        prompt_sets.load_prompt_set(config.prompts), config.categories, config.limit
+    )
+    if base is None:
+        base = load_model(config.model, device=config.device, dtype=config.dtype)
+    env = environment(base)
+    methods, method_info = build_methods(config, base)
+    engine = Engine(base)  # for encoding prompts and answers
+    say = progress or (lambda message: logger.info("%s", message))
+    say(
+        f"{len(questions)} questions × {len(methods)} methods ({', '.join(m.name for m in methods)}), "
+        f"{config.max_new_tokens} new tokens, repeat {config.repeat}, {env['device']} {env['dtype']}"
+    )
+
+    with torch.inference_mode():
+        _warm_up(methods, engine, questions[0], config)
+        answers = _timed_runs(methods, engine, questions, config, say)
+        memory = _memory_probes(methods, engine, questions[: config.memory_probes], config, say)
+    records = _records(methods, questions, answers, base.tokenizer)
+
+    if hasattr(os, "getloadavg"):
+        env["load_average_at_end"] = list(os.getloadavg())  # other work on the machine skews timings
+    out_dir = config.output_dir or default_output_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = build_summary(
+        records, summarise(records, config.baseline), _config_json(config), env, method_info, memory
+    )
+    files = {"records": out_dir / "records.jsonl", "summary": out_dir / "summary.json"}
+    with files["records"].open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+    files["summary"].write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    files.update(save_plots(summary, records, out_dir))
+    return BenchResult(records, summary, out_dir, files)
+
+
+def _warm_up(methods: Sequence[Method], engine: Engine, question: BenchPrompt, config: BenchConfig) -> None:
+    short = BenchPrompt(question.question_id, question.category, question.turns[:1], question.chat)
+    tokens = min(config.max_new_tokens, WARMUP_TOKENS)
+    for _ in range(config.warmup):
+        for method in methods:
+            answer(method, engine, short, tokens, config.seed)
+
+
+def _timed_runs(
+    methods: Sequence[Method],
+    engine: Engine,
+    questions: Sequence[BenchPrompt],
+    config: BenchConfig,
+    say: Callable[[str], None],
+) -> dict[tuple[str, str], list[_Answer]]:
+    answers: dict[tuple[str, str], list[_Answer]] = {}
+    device = engine.base.device
+    for index, question in enumerate(questions):
+        shift = index % len(methods)
+        order = [*methods[shift:], *methods[:shift]]  # rotate who goes first
+        seed = config.seed + 1000 * index
+        for _ in range(config.repeat):
+            for method in order:
+                with PeakRSS() as rss, contextlib.ExitStack() as stack:
+                    cuda = stack.enter_context(TensorPeak(device)) if device.type == "cuda" else None
+                    outputs = answer(method, engine, question, config.max_new_tokens, seed)
+                run = _Answer(outputs, rss.peak, cuda.peak if cuda is not None else None)
+                answers.setdefault((method.name, question.question_id), []).append(run)
+        line = ", ".join(f"{m.name} {_tps(answers[(m.name, question.question_id)]):.1f}" for m in methods)
+        say(f"[{index + 1}/{len(questions)}] {question.question_id}: tokens/s {line}")
+    return answers
+
+
+def _tps(runs: list[_Answer]) -> float:
+    tokens = len(runs[0].token_ids)
+    seconds = median([r.seconds for r in runs])
+    return tokens / seconds if seconds > 0 else 0.0
+
+
+def _records(
+    methods: Sequence[Method],
+    questions: Sequence[BenchPrompt],
+    answers: dict[tuple[str, str], list[_Answer]],
+    tokenizer: Any,
+) -> list[Record]:
+    """One record per (method, question); greedy outputs are compared with the reference method's."""
+    names = [m.name for m in methods]
+    reference = "vanilla" if "vanilla" in names else ("hf-greedy" if "hf-greedy" in names else None)
+    records: list[Record] = []
+    for method in methods:
+        for question in questions:
+            runs = answers[(method.name, question.question_id)]
+            first = runs[0]  # tokens, steps and τ of the first repeat (greedy repeats are identical)
+            equal: bool | None = None
+            diff: int | None = None
+            if method.greedy and reference is not None and method.name != reference:
+                expected = answers[(reference, question.question_id)][0].token_ids
+                diff = first_difference(first.token_ids, expected)
+                equal = diff is None
+            lengths = [o.accept_lengths for o in first.outputs]
+            known = all(x is not None for x in lengths)
+            allocs = [r.peak_alloc for r in runs if r.peak_alloc is not None]
+            turns = [
+                {
+                    "new_tokens": len(o.token_ids),
+                    "seconds": o.seconds,
+                    "finish_reason": o.finish_reason,
+                    "text": tokenizer.decode(o.token_ids, skip_special_tokens=True),
+                    "token_ids": o.token_ids,
+                }
+                for o in first.outputs
+            ]
+            records.append(
+                Record(
+                    method=method.name,
+                    question_id=question.question_id,
+                    category=question.category,
+                    new_tokens=len(first.token_ids),
+                    seconds=median([r.seconds for r in runs]),
+                    steps=sum(o.steps for o in first.outputs),
+                    accept_lengths=[t for x in lengths for t in x or []] if known else None,
+                    greedy=method.greedy,
+                    equal=equal,
+                    first_diff=diff,
+                    seconds_repeats=[r.seconds for r in runs],
+                    peak_rss_bytes=max(r.peak_rss for r in runs),
+                    peak_alloc_bytes=max(allocs) if allocs else None,
+                    turns=turns,
+                )
+            )
+    return records
+
+
+def _memory_probes(
+    methods: Sequence[Method],
+    engine: Engine,
+    questions: Sequence[BenchPrompt],
+    config: BenchConfig,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Peak tensor bytes allocated by one run of vanilla and of each greedy PPD method (first turn only)."""
+    probed = [m for m in methods if isinstance(m, EngineMethod) and m.greedy]
+    if not questions or not probed:
+        return {"probes": [], "methods": {}}
+    device = engine.base.device
+    probes: list[dict[str, Any]] = []
+    for question in questions:
+        short = BenchPrompt(question.question_id, question.category, question.turns[:1], question.chat)
+        peaks: dict[str, int] = {}
+        for method in probed:
+            with TensorPeak(device) as probe:
+                answer(method, engine, short, config.max_new_tokens, config.seed)
+            peaks[method.name] = probe.peak
+        probes.append({"question_id": question.question_id, "peak_tensor_bytes": peaks})
+        say(
+            f"memory probe {question.question_id}: "
+            + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in peaks.items())
+        )
+    weights = module_bytes(engine.base.model)
+    per_method: dict[str, Any] = {}
+    for method in probed:
+        peak = max(p["peak_tensor_bytes"][method.name] for p in probes)
+        entry: dict[str, Any] = {"peak_tensor_bytes": peak}
+        if method.ppd and "vanilla" in probes[0]["peak_tensor_bytes"]:
+            step = max(
+                p["peak_tensor_bytes"][method.name] - p["peak_tensor_bytes"]["vanilla"] for p in probes
+            )
+            params = method.engine.prompt_tokens
+            assert params is not None
+            param_bytes = sum(p.numel() * p.element_size() for p in params.parameters())
+            buffer_bytes = method.extra_buffer_bytes()
+            total = param_bytes + buffer_bytes + max(step, 0)
+            entry.update(
+                {
+                    "prompt_token_bytes": param_bytes,
+                    "tree_buffer_bytes": buffer_bytes,
+                    "step_peak_delta_bytes": step,
+                    "overhead_bytes": total,
+                    "overhead_percent_of_weights": overhead(total, 0, weights).percent,
+                }
+            )
+        per_method[method.name] = entry
+    return {
+        "method": "tensor accounting" if device.type != "cuda" else "torch.cuda.max_memory_allocated",
+        "model_weight_bytes": weights,
+        "probes": probes,
+        "methods": per_method,
+    }
+
+
+def _config_json(config: BenchConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data["output_dir"] = str(config.output_dir) if config.output_dir else None
+    data["families"] = list(config.families)
+    return data

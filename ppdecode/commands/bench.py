@@ -1,0 +1,136 @@
+"""`ppd bench`: PPD against vanilla decoding and transformers' drafting methods, interleaved per question."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ppdecode.models import DEFAULT_MODEL
+
+# Tables are wide: without a terminal (a log file, CI) rich would wrap them at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 150)
+
+QUICK = {"limit": 8, "max_new_tokens": 64, "repeat": 1, "warmup": 1, "memory_probes": 1}
+
+
+def _split(values: list[str] | None) -> tuple[str, ...]:
+    return tuple(part.strip() for value in values or () for part in value.split(",") if part.strip())
+
+
+def _named_trees(values: list[str] | None) -> tuple[tuple[str, str], ...]:
+    trees: list[tuple[str, str]] = []
+    for value in values or ():
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = Path(value).stem, value
+        if not name or not path:
+            raise ValueError(f"--tree {value!r}: give PATH or NAME=PATH")
+        trees.append((name, path))
+    return tuple(trees)
+
+
+def bench(
+    prompts: Annotated[
+        str, typer.Option(help="builtin, humaneval, humaneval:PATH or a Spec-Bench/MT-Bench .jsonl.")
+    ] = "builtin",
+    categories: Annotated[
+        list[str] | None, typer.Option(help="Only these categories (comma list, repeatable).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="At most N questions, balanced over categories.")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="New tokens per turn (default 256; 64 with --quick).")
+    ] = None,
+    methods: Annotated[
+        list[str] | None,
+        typer.Option(help="Method families: vanilla, hf-greedy, hf-lookup, hf-assisted, ppd (comma list)."),
+    ] = None,
+    baseline: Annotated[str, typer.Option(help="Method the speed-ups are relative to.")] = "hf-greedy",
+    model: Annotated[
+        str, typer.Option(help="Embedded model name, HF model directory or .gguf file.")
+    ] = DEFAULT_MODEL,
+    prompt_tokens: Annotated[
+        str, typer.Option(help="Prompt-token artifact directory, or 'default'.")
+    ] = "default",
+    default_tree: Annotated[str, typer.Option(help="Tree of the ppd:default method.")] = "default",
+    tree: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra PPD tree as PATH or NAME=PATH (repeatable): method ppd:NAME."),
+    ] = None,
+    temperature: Annotated[
+        float, typer.Option(help="> 0 adds lossless-sampling runs of vanilla and PPD.")
+    ] = 0.0,
+    draft_model: Annotated[
+        str | None, typer.Option(help="Draft model for transformers assisted generation.")
+    ] = None,
+    prompt_lookup_num_tokens: Annotated[int, typer.Option(help="Tokens proposed by prompt lookup.")] = 10,
+    repeat: Annotated[int | None, typer.Option(help="Timed runs per method and question (median).")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Untimed warm-up rounds before timing.")] = None,
+    memory_probes: Annotated[int | None, typer.Option(help="Questions for the untimed memory probe.")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed of the sampling runs.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto (bf16 on CPU).")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch intra-op threads (default: torch's).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default runs/bench/<timestamp>).")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="8 questions × 64 tokens × the default methods.")
+    ] = False,
+    show: Annotated[
+        Path | None, typer.Option(help="Print the tables of an earlier summary.json and exit.")
+    ] = None,
+) -> None:
+    """Benchmark PPD against vanilla decoding, transformers greedy, prompt lookup and assisted generation."""
+    if show is not None:
+        from ppdecode.bench.report import tables
+
+        if not show.is_file():
+            raise ValueError(f"--show {show}: no such summary file")
+        console.print(tables(json.loads(show.read_text())))
+        return
+    from ppdecode.bench.runner import BenchConfig, run_bench
+
+    preset = (
+        QUICK
+        if quick
+        else {"limit": None, "max_new_tokens": 256, "repeat": 1, "warmup": 1, "memory_probes": 1}
+    )
+    config = BenchConfig(
+        prompts=prompts,
+        categories=_split(categories),
+        limit=limit if limit is not None else preset["limit"],
+        max_new_tokens=max_new_tokens if max_new_tokens is not None else int(preset["max_new_tokens"] or 0),
+        methods=_split(methods),
+        baseline=baseline,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        tree=default_tree,
+        trees=_named_trees(tree),
+        temperature=temperature,
+        draft_model=draft_model,
+        prompt_lookup_num_tokens=prompt_lookup_num_tokens,
+        repeat=repeat if repeat is not None else int(preset["repeat"] or 1),
+        warmup=warmup if warmup is not None else int(preset["warmup"] or 0),
+        memory_probes=memory_probes if memory_probes is not None else int(preset["memory_probes"] or 0),
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        output_dir=out,
+    )
+    logging.getLogger("ppdecode.bench").setLevel(logging.INFO)
+    result = run_bench(config, progress=lambda message: console.print(f"[dim]{message}[/dim]"))
+    from ppdecode.bench.report import tables
+
+    console.print(tables(result.summary))
+    console.print(f"[dim]wrote {', '.join(str(p) for p in result.files.values())}[/dim]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(bench)

@@ -1,0 +1,197 @@
+"""Forward latency L_fp(n) of n step inputs on top of a realistic cache, measured on this device (METHOD §5).
+
+The measured forward is the engine's own: ``ModelRunner.forward`` with token and prompt-slot embeddings,
+tree positions, a tree-shaped attention mask over the committed cache, and (for deep prompt tokens) the
+per-layer vectors active at the slot positions. Only the tree's shape is synthetic: a root carrying
+min(N, n − 1) prompt slots plus a star of n − 1 − slots candidates, which has exactly n inputs. The mask's
+contents do not change the cost of a dense attention kernel; its size does.
+
+Sizes are measured round-robin (every size once per round, rounds repeated) so that a burst of load from
+another process spreads over all sizes instead of distorting one, and each size keeps the median.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ppdecode.cache import KVCache
+from ppdecode.forward import ModelRunner, step_attend
+from ppdecode.models import LoadedModel
+from ppdecode.prompt_tokens import PromptTokens
+from ppdecode.tree.buffers import TreeBuffers, build_buffers
+from ppdecode.tree.spec import TreeNode, TreeSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """What one decoding step costs on this device, as a function of its input size n.
+
+    ``forward_ms[i]`` is the median forward latency of ``sizes[i]`` inputs on top of ``cache_length``
+    committed rows. The overheads are the decode loop's time per step outside the forward (candidates,
+    embeddings, verification, commit), measured by decoding: ``step_overhead_ms`` with a tree,
+    ``vanilla_overhead_ms`` without one.
+    """
+
+    sizes: tuple[int, ...]
+    forward_ms: tuple[float, ...]
+    cache_length: int
+    repeats: int
+    step_overhead_ms: float = 0.0
+    vanilla_overhead_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.sizes or len(self.sizes) != len(self.forward_ms):
+            raise ValueError("latency profile: needs one latency per size, and at least one size")
+        if list(self.sizes) != sorted(set(self.sizes)) or self.sizes[0] < 1:
+            raise ValueError(f"latency profile: sizes must be increasing and >= 1, got {list(self.sizes)}")
+        if any(not ms > 0 for ms in self.forward_ms):
+            raise ValueError(f"latency profile: latencies must be > 0 ms, got {list(self.forward_ms)}")
+
+    def forward_at(self, n: float) -> float:
+        """L_fp(n) in ms: linear between measured sizes, extended with the last slope (never falling)."""
+        xs, ys = self.sizes, self.forward_ms
+        if n > xs[-1] and len(xs) >= 2:
+            slope = max(0.0, (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
+            return ys[-1] + slope * (n - xs[-1])
+        return float(np.interp(n, xs, ys))
+
+    def step_ms(self, n: int) -> float:
+        """Predicted time of one decoding step with n inputs: the forward plus the loop's overhead."""
+        if n <= 1:
+            return self.forward_at(1) + self.vanilla_overhead_ms
+        return self.forward_at(n) + self.step_overhead_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sizes": list(self.sizes),
+            "forward_ms": [round(ms, 4) for ms in self.forward_ms],
+            "cache_length": self.cache_length,
+            "repeats": self.repeats,
+            "step_overhead_ms": round(self.step_overhead_ms, 4),
+            "vanilla_overhead_ms": round(self.vanilla_overhead_ms, 4),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyProfile:
+        return cls(
+            sizes=tuple(int(n) for n in data["sizes"]),
+            forward_ms=tuple(float(ms) for ms in data["forward_ms"]),
+            cache_length=int(data["cache_length"]),
+            repeats=int(data["repeats"]),
+            step_overhead_ms=float(data.get("step_overhead_ms", 0.0)),
+            vanilla_overhead_ms=float(data.get("vanilla_overhead_ms", 0.0)),
+        )
+
+
+def probe_tree(n: int, num_prompt_tokens: int) -> tuple[TreeSpec, int]:
+    """A tree spec and depth whose step has exactly ``n`` >= 2 inputs (root slots first, then a star)."""
+    if n < 2:
+        raise ValueError(f"a tree step has at least 2 inputs, got {n}")
+    slots = min(num_prompt_tokens, n - 1)
+    nodes = n - 1 - slots
+    rest: tuple[tuple[TreeNode, ...], ...] = ((TreeNode((0,), 0),),) * (num_prompt_tokens - 1)
+    spec = TreeSpec(
+        num_prompt_tokens=num_prompt_tokens,
+        top_k=(max(nodes, 1),) + (1,) * (num_prompt_tokens - 1),
+        trees=(tuple(TreeNode((r,), 0) for r in range(max(nodes, 1))), *rest),
+        root_slots=slots,
+    )
+    return spec, 1 if nodes else 0
+
+
+class _Probe:
+    """One synthetic step of n inputs, ready to run repeatedly on top of the cache."""
+
+    def __init__(self, runner: ModelRunner, tokens: PromptTokens | None, cache_length: int, n: int) -> None:
+        device = runner.device
+        self.runner, self.tokens, self.n = runner, tokens, n
+        generator = torch.Generator().manual_seed(n)
+        vocab = runner.embedding.num_embeddings
+        if n == 1 or tokens is None:  # vanilla-shaped: token inputs only, plain causal when n == 1
+            ids = torch.randint(vocab, (n,), generator=generator).to(device)  # [n]
+            self.embeds = runner.embed(ids)  # [n, H]
+            self.positions = cache_length + torch.arange(n, device=device)  # [n]
+            self.attend = None if n == 1 else step_attend(cache_length, 0, torch.ones(n, n).tril().bool())
+            self.slot_positions = self.slot_index = torch.zeros(0, dtype=torch.long, device=device)
+            return
+        spec, depth = probe_tree(n, tokens.num_prompt_tokens)
+        # Ensemble members are just more slot inputs: one member keeps the step at exactly n inputs.
+        buffers: TreeBuffers = build_buffers(spec, depth, 1)
+        num_token_inputs = 1 + buffers.num_nodes
+        ids = torch.randint(vocab, (num_token_inputs,), generator=generator).to(device)
+        embeds = runner.embed(ids)  # [1 + num_nodes, H]
+        self.slot_index = buffers.slot_prompt_index.to(device)  # [num_slot_inputs]
+        slots = tokens.slot_embeddings(self.slot_index, buffers.slot_member.to(device), embeds.dtype)
+        self.embeds = torch.cat([embeds, slots])  # [n, H]
+        self.positions = cache_length + buffers.position_offsets.to(device)  # [n]
+        self.attend = step_attend(cache_length, 0, buffers.attend)  # [n, cache_length + n]
+        self.slot_positions = torch.arange(num_token_inputs, buffers.num_inputs, device=device)
+
+    def run(self, cache: KVCache, cache_length: int) -> float:
+        """Seconds of one forward; the cache is cropped back to ``cache_length`` afterwards."""
+        device = self.runner.device
+        start = time.perf_counter()
+        if self.tokens is not None and self.slot_positions.numel():
+            with self.tokens.active(self.slot_positions, self.slot_index):
+                self.runner.forward(self.embeds, self.positions, self.attend, cache)
+        else:
+            self.runner.forward(self.embeds, self.positions, self.attend, cache)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        cache.crop(cache_length)
+        return elapsed
+
+
+@torch.inference_mode()
+def measure_forward_latency(
+    base: LoadedModel,
+    tokens: PromptTokens | None,
+    sizes: Sequence[int],
+    cache_length: int = 256,
+    repeats: int = 5,
+    warmup: int = 1,
+    progress: bool = False,
+) -> dict[int, float]:
+    """Median forward latency in ms of each input size, on top of ``cache_length`` committed rows."""
+    sizes = sorted(set(sizes))
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"sizes must be >= 1, got {sizes}")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if cache_length < 1 or cache_length + sizes[-1] > base.context_length:
+        raise ValueError(
+            f"cache_length {cache_length} plus the largest size {sizes[-1]} must fit the model's context "
+            f"({base.context_length}); lower --budgets or the cache length"
+        )
+    runner = ModelRunner(base)
+    cache = KVCache()
+    generator = torch.Generator().manual_seed(0)
+    context = torch.randint(runner.embedding.num_embeddings, (cache_length,), generator=generator)  # [C]
+    positions = torch.arange(cache_length, device=runner.device)  # [C]
+    runner.forward(runner.embed(context.to(runner.device)), positions, None, cache)  # cache: C rows per layer
+    probes = [_Probe(runner, tokens, cache_length, n) for n in sizes]
+    times: dict[int, list[float]] = {n: [] for n in sizes}
+    rounds = warmup + repeats
+    with tqdm(total=rounds * len(sizes), desc="forward latency", unit="fwd", disable=not progress) as bar:
+        for round_ in range(rounds):
+            for probe in probes:
+                elapsed = probe.run(cache, cache_length)
+                if round_ >= warmup:
+                    times[probe.n].append(elapsed)
+                bar.update()
+    medians = {n: 1000 * statistics.median(samples) for n, samples in times.items()}
+    logger.info("forward latency on %s (%s): %s", base.device, base.dtype,
+                {n: round(ms, 2) for n, ms in medians.items()})
+    return medians

@@ -1,0 +1,205 @@
+"""``tune``: measure this device, choose the tree budget, store the hardware profile (METHOD §5).
+
+1. Build one tree per budget from the accuracy table (expected τ and depth shares: hardware-free).
+2. Profile the forward latency L_fp(n) for every input size the trees use (quick: a few, interpolated).
+3. Measure the decode loop's overhead outside the forward by decoding one held-out prompt briefly.
+4. Predict each budget's tokens/s and speed-up; the best prediction is the candidate choice.
+5. Optionally confirm: decode held-out prompts with the best few trees and with vanilla decoding;
+   a budget measured faster than the predicted best by more than the noise tolerance takes its place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ppdecode.models import LoadedModel
+from ppdecode.prompt_tokens import PromptTokens, packaged_tokens_path
+from ppdecode.tree.builder import Accuracy, build_tree_family
+from ppdecode.tree.spec import TreeSpec
+from ppdecode.tune.choice import (
+    BudgetOption,
+    best_few,
+    best_predicted,
+    choose_confirmed,
+    default_budgets,
+    latency_sizes,
+    predict_all,
+)
+from ppdecode.tune.decode import DecodeMeasurement, held_out_prompts, measure_decoding
+from ppdecode.tune.latency import LatencyProfile, measure_forward_latency
+from ppdecode.tune.store import (
+    BudgetRow,
+    HardwareKey,
+    HardwareProfile,
+    artifact_identity,
+    current_key,
+    now,
+    tokens_identity,
+)
+
+logger = logging.getLogger(__name__)
+
+VANILLA = "vanilla"
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How thoroughly to measure. ``quick()`` takes seconds; the defaults take a minute or two on a CPU."""
+
+    budgets: tuple[int, ...] = ()  # empty: default_budgets for the device
+    quick: bool = False  # profile ~8 sizes and interpolate, instead of every size the trees use
+    cache_length: int = 256  # committed rows under the profiled forwards (a mid-conversation cache)
+    repeats: int = 5
+    warmup: int = 1
+    overhead_tokens: int = 48  # length of the decode that measures the loop's overhead
+    confirm: int = 0  # decode held-out prompts with the best `confirm` budgets and vanilla
+    prompts: int = 6
+    max_new_tokens: int = 128
+    top_k: int | None = None  # cap on candidate ranks for the builder
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.confirm < 0:
+            raise ValueError(f"--confirm must be >= 0 (0 = no confirmation), got {self.confirm}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
+        if self.max_new_tokens < 1 or self.overhead_tokens < 1 or self.prompts < 1:
+            raise ValueError("max_new_tokens, overhead_tokens and prompts must be >= 1")
+
+    @classmethod
+    def quick_preset(cls, **overrides: object) -> TuneConfig:
+        settings: dict[str, object] = {
+            "quick": True, "repeats": 3, "warmup": 1, "overhead_tokens": 16, "confirm": 0, **overrides
+        }
+        return cls(**settings)  # type: ignore[arg-type]
+
+
+def accuracy_for(
+    base: LoadedModel, tokens: PromptTokens, path: str | Path | Accuracy | None = None
+) -> Accuracy | None:
+    """The accuracy table of ``tokens``: the given file, the tokens' own record, or the shipped table.
+
+    A given file measured for another number of prompt tokens is refused; the implicit sources are only
+    used when they belong to these very tokens.
+    """
+    n = tokens.num_prompt_tokens
+    if isinstance(path, Accuracy):
+        return path.expected_for(n)
+    if path is not None:
+        return Accuracy.load(path).expected_for(n)
+    recorded = _recorded_table(tokens)
+    if recorded is not None:
+        try:
+            return Accuracy.from_dict(recorded, source="the prompt tokens' recorded accuracy").expected_for(n)
+        except ValueError as err:
+            logger.warning("ignoring %s", err)
+    shipped = packaged_accuracy_path(base.name)
+    packaged_tokens = packaged_tokens_path(base.name)
+    if shipped.is_file() and artifact_identity(packaged_tokens) == tokens_identity(tokens):
+        try:
+            return Accuracy.load(shipped).expected_for(n)
+        except ValueError as err:
+            logger.warning("ignoring %s", err)
+    return None
+
+
+def _recorded_table(tokens: PromptTokens) -> dict[str, Any] | None:
+    """The accuracy table in the tokens' training record: rank_probs, or the cumulative top-k accuracy."""
+    record = tokens.config.record if isinstance(tokens.config.record, dict) else {}
+    recorded = record.get("accuracy")
+    if not isinstance(recorded, dict):
+        return None
+    if "rank_probs" in recorded:
+        return recorded
+    cumulative = recorded.get("topk_accuracy")
+    if not isinstance(cumulative, list) or not all(isinstance(row, list) and row for row in cumulative):
+        return None
+    if not cumulative:
+        return None
+    # Exactly rank r = top-(r+1) − top-r; rounding in the record can make a difference slightly negative.
+    rank_probs = [[max(0.0, b - a) for a, b in zip([0.0, *row[:-1]], row, strict=True)] for row in cumulative]
+    return {"num_prompt_tokens": len(rank_probs), "top_k": len(rank_probs[0]), "rank_probs": rank_probs}
+
+
+def packaged_accuracy_path(model_name: str) -> Path:
+    return Path(str(resources.files("ppdecode.data").joinpath("accuracy", f"{model_name}.json")))
+
+
+def tune(
+    base: LoadedModel,
+    tokens: PromptTokens,
+    accuracy: Accuracy,
+    config: TuneConfig | None = None,
+    key: HardwareKey | None = None,
+    log: Callable[[str], None] | None = None,
+) -> HardwareProfile:
+    """Measure this device and choose the tree; returns the profile (the caller decides where it goes)."""
+    config = config or TuneConfig()
+    say = log or logger.info
+    n = tokens.num_prompt_tokens
+    accuracy.expected_for(n)
+    key = key or current_key(base, tokens)
+    budgets = list(config.budgets) or default_budgets(base.device.type, n)
+    say(f"building {len(budgets)} trees (budgets {budgets[0]}..{budgets[-1]}) from {accuracy.source}")
+    family = build_tree_family(accuracy, budgets, top_k=config.top_k)
+    options = [BudgetOption.of(spec, tokens.ensemble) for spec in family]
+
+    sizes = latency_sizes(options, config.quick)
+    say(f"profiling the forward at {len(sizes)} input sizes on {key.device_name} ({key.dtype}, "
+        f"{key.threads} threads) over a {config.cache_length}-token cache")
+    medians = measure_forward_latency(
+        base, tokens, sizes, config.cache_length, config.repeats, config.warmup, config.progress
+    )
+    mid = family[len(family) // 2]
+    overhead = measure_decoding(
+        base, tokens, {VANILLA: None, "tree": mid}, held_out_prompts(1), config.overhead_tokens,
+        config.progress,
+    )
+    latency = LatencyProfile(
+        sizes=tuple(sorted(medians)),
+        forward_ms=tuple(medians[s] for s in sorted(medians)),
+        cache_length=config.cache_length,
+        repeats=config.repeats,
+        step_overhead_ms=overhead["tree"].overhead_ms_per_step,
+        vanilla_overhead_ms=overhead[VANILLA].overhead_ms_per_step,
+    )
+    predictions = predict_all(options, latency)
+    predicted = best_predicted(predictions).budget
+    say(f"predicted best budget: {predicted} ({best_predicted(predictions).speedup:.2f}x over vanilla)")
+
+    measured: dict[int, DecodeMeasurement] = {}
+    vanilla: DecodeMeasurement | None = None
+    if config.confirm:
+        chosen_few = best_few(predictions, config.confirm)
+        say(f"confirming budgets {chosen_few} on {config.prompts} held-out prompts")
+        specs = {spec.meta["budget"]: spec for spec in family}
+        variants: dict[str, TreeSpec | None] = {VANILLA: None, **{str(b): specs[b] for b in chosen_few}}
+        results = measure_decoding(
+            base, tokens, variants, held_out_prompts(config.prompts), config.max_new_tokens, config.progress
+        )
+        vanilla = results[VANILLA]
+        measured = {b: results[str(b)] for b in chosen_few}
+    chosen = choose_confirmed(predicted, {b: m.tokens_per_s for b, m in measured.items()})
+
+    tree = family[budgets.index(chosen)]
+    tree = TreeSpec(
+        tree.num_prompt_tokens, tree.top_k, tree.trees, tree.root_slots,
+        meta={**tree.meta, "tuned_for": key.to_dict()},
+    )
+    rows = tuple(
+        BudgetRow(p, o.input_sizes, measured.get(p.budget)) for p, o in zip(predictions, options, strict=True)
+    )
+    return HardwareProfile(
+        key=key, latency=latency, rows=rows, vanilla=vanilla, predicted_budget=predicted,
+        chosen_budget=chosen, tree=tree, quick=config.quick, accuracy_source=accuracy.source, created=now(),
+    )
+
+
+def family_of(profile: HardwareProfile, accuracy: Accuracy, top_k: int | None = None) -> list[TreeSpec]:
+    """The trees of every budget the profile tried, rebuilt from the same table (deterministic)."""
+    return build_tree_family(accuracy, [row.budget for row in profile.rows], top_k=top_k)

@@ -1,0 +1,144 @@
+"""A tiny end-to-end benchmark on the real default model (float32, so greedy outputs must match exactly)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ppdecode.bench.methods import HFMethod, HFMode
+from ppdecode.bench.metrics import OVERALL
+from ppdecode.bench.runner import BenchConfig, run_bench
+from ppdecode.cli import app
+from ppdecode.engine import Engine
+from ppdecode.models import LoadedModel
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [
+    {"question_id": 1, "category": "chat", "turns": ["Name a colour.", "Now name a fruit of that colour."]},
+    {"question_id": 2, "category": "math", "turns": ["What is 3 + 4?"]},
+]
+METHODS = ["vanilla", "hf-greedy", "hf-lookup", "ppd:default"]
+
+
+@pytest.fixture(scope="module")
+def bench_run(smollm_f32: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("bench")
+    questions = root / "questions.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    config = BenchConfig(
+        prompts=str(questions),
+        max_new_tokens=8,
+        methods=("vanilla", "hf-greedy", "hf-lookup", "ppd"),
+        warmup=0,
+        memory_probes=1,
+        threads=1,  # the machine is shared: more threads than free cores slows every forward down
+        output_dir=root / "out",
+    )
+    run_bench(config, base=smollm_f32)
+    return root / "out", questions
+
+
+def test_records_one_line_per_method_and_question(bench_run: tuple[Path, Path]) -> None:
+    out, _ = bench_run
+    lines = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["question_id"]) for r in lines] == [(m, q) for m in METHODS for q in ("1", "2")]
+    for r in lines:
+        assert len(r["turns"]) == (2 if r["question_id"] == "1" else 1)  # turn 2 answered after turn 1
+        assert r["new_tokens"] == sum(t["new_tokens"] for t in r["turns"]) > 0
+        assert all(t["new_tokens"] <= 8 for t in r["turns"])
+        assert r["seconds"] > 0 and r["tokens_per_s"] > 0 and r["peak_rss_bytes"] > 0
+        if r["method"] in ("vanilla", "hf-greedy"):
+            assert r["tau"] == 1.0
+    by = {(r["method"], r["question_id"]): r for r in lines}
+    for method in ("hf-greedy", "hf-lookup", "ppd:default"):
+        for q in ("1", "2"):
+            # float32: our vanilla engine, transformers greedy, prompt lookup and PPD write the same tokens
+            assert by[(method, q)]["equal"] is True, (method, q)
+            assert [t["token_ids"] for t in by[(method, q)]["turns"]] == [
+                t["token_ids"] for t in by[("vanilla", q)]["turns"]
+            ]
+    assert by[("vanilla", "1")]["equal"] is None  # the reference itself
+
+
+def test_summary_and_plots(bench_run: tuple[Path, Path]) -> None:
+    out, _ = bench_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["groups"]) == ["chat", "math", OVERALL]
+    overall = summary["groups"][OVERALL]
+    assert list(overall) == METHODS
+    assert overall["hf-greedy"]["speedup_total"] == pytest.approx(1.0)
+    assert overall["ppd:default"]["equal_rate"] == 1.0
+    env = summary["environment"]
+    for key in ("device", "dtype", "threads", "torch", "transformers", "git", "model_weight_bytes"):
+        assert key in env
+    assert env["dtype"] == "float32"
+    assert summary["methods"]["ppd:default"]["extra_parameters"] > 0
+    ppd_memory = summary["memory"]["methods"]["ppd:default"]
+    assert ppd_memory["overhead_bytes"] >= ppd_memory["prompt_token_bytes"] > 0
+    assert ppd_memory["overhead_percent_of_weights"] < 5
+    for name in ("speedup_per_category.png", "tau_histogram.png", "tokens_per_s.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_cli_shows_a_summary(bench_run: tuple[Path, Path]) -> None:
+    out, _ = bench_run
+    result = CliRunner().invoke(app, ["bench", "--show", str(out / "summary.json")])
+    assert result.exit_code == 0, result.output
+    assert "overall" in result.output and "ppd:default" in result.output and "memory" in result.output
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_assisted_generation_equals_greedy(smollm_f32: LoadedModel, smollm_bf16: LoadedModel) -> None:
+    ids = Engine(smollm_f32).encode("Name three animals.")
+    greedy = HFMethod("hf-greedy", smollm_f32, HFMode.GREEDY).run(ids, 8, None)
+    assisted = HFMethod("hf-assisted", smollm_f32, HFMode.ASSISTED, draft=smollm_bf16).run(ids, 8, None)
+    assert assisted.token_ids == greedy.token_ids
+    assert assisted.accept_lengths is not None and len(assisted.accept_lengths) == assisted.steps
+    assert sum(assisted.accept_lengths) <= len(assisted.token_ids) - 1  # the prefill commits the rest
+
+
+def test_config_refuses_misuse() -> None:
+    with pytest.raises(ValueError, match="unknown methods"):
+        BenchConfig(methods=("medusa",))
+    with pytest.raises(ValueError, match="needs a draft model"):
+        BenchConfig(methods=("hf-assisted",))
+    with pytest.raises(ValueError, match="tree names"):
+        BenchConfig(trees=(("default", "x.json"),))
+
+
+def test_named_trees_and_sampling_variants(smollm_f32: LoadedModel, tmp_path: Path) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps(QUESTIONS[1]) + "\n")
+    config = BenchConfig(
+        prompts=str(questions),
+        max_new_tokens=4,
+        methods=("vanilla", "ppd"),
+        baseline="vanilla",
+        trees=(("again", "default"),),
+        temperature=0.7,
+        warmup=0,
+        memory_probes=0,
+        threads=1,
+        output_dir=tmp_path / "out",
+    )
+    result = run_bench(config, base=smollm_f32)
+    by = {r.method: r for r in result.records}
+    assert list(by) == ["vanilla", "ppd:default", "ppd:again", "vanilla@t0.7", "ppd:default@t0.7"]
+    assert by["ppd:again"].equal is True  # greedy with another (here: the same) tree
+    assert by["vanilla@t0.7"].equal is None and not by["vanilla@t0.7"].greedy  # sampling: not compared
+    assert all(r.new_tokens > 0 for r in result.records)
+    assert result.summary["memory"]["methods"] == {}
