@@ -303,6 +303,7 @@ def train(
                 "num_train",
                 "num_heldout",
                 "response_tokens",
+                "generation",
                 "created",
             )
         },
