@@ -95,6 +95,9 @@ def tune_command(
     ] = None,
     prompts: Annotated[int, typer.Option(help="Held-out prompts for --confirm.")] = 6,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per prompt for --confirm.")] = 128,
+    confirm_repeats: Annotated[
+        int, typer.Option(help="Runs of each --confirm generation; the fastest counts (for busy machines).")
+    ] = 1,
     repeats: Annotated[int | None, typer.Option(help="Timed forwards per size (median).")] = None,
     cache_length: Annotated[int, typer.Option(help="Committed tokens under the profiled forwards.")] = 256,
     top_k: Annotated[int | None, typer.Option(help=TOP_K_HELP)] = None,
@@ -133,6 +136,7 @@ def tune_command(
     settings: dict[str, object] = {
         "budgets": tuple(parse_budgets(budgets, n)) if budgets else (),
         "confirm": confirm, "prompts": prompts, "max_new_tokens": max_new_tokens,
+        "confirm_repeats": confirm_repeats,
         "cache_length": cache_length, "top_k": top_k,
     }
     if repeats is not None:

@@ -60,6 +60,7 @@ class TuneConfig:
     confirm: int = 0  # decode held-out prompts with the best `confirm` budgets and vanilla
     prompts: int = 6
     max_new_tokens: int = 128
+    confirm_repeats: int = 1  # runs of each confirmation generation; the fastest counts
     top_k: int | None = None  # cap on candidate ranks for the builder
     progress: bool = True
 
@@ -68,8 +69,8 @@ class TuneConfig:
             raise ValueError(f"--confirm must be >= 0 (0 = no confirmation), got {self.confirm}")
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
-        if self.max_new_tokens < 1 or self.overhead_tokens < 1 or self.prompts < 1:
-            raise ValueError("max_new_tokens, overhead_tokens and prompts must be >= 1")
+        if min(self.max_new_tokens, self.overhead_tokens, self.prompts, self.confirm_repeats) < 1:
+            raise ValueError("max_new_tokens, overhead_tokens, prompts and confirm_repeats must be >= 1")
 
     @classmethod
     def quick_preset(cls, **overrides: object) -> TuneConfig:
@@ -180,7 +181,8 @@ def tune(
         specs = {spec.meta["budget"]: spec for spec in family}
         variants: dict[str, TreeSpec | None] = {VANILLA: None, **{str(b): specs[b] for b in chosen_few}}
         results = measure_decoding(
-            base, tokens, variants, held_out_prompts(config.prompts), config.max_new_tokens, config.progress
+            base, tokens, variants, held_out_prompts(config.prompts), config.max_new_tokens, config.progress,
+            repeats=config.confirm_repeats,
         )
         vanilla = results[VANILLA]
         measured = {b: results[str(b)] for b in chosen_few}
