@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import platform
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -255,3 +256,16 @@ def load_model(
         elif source:
             eos.update(int(token) for token in source)
     return LoadedModel(name, model, tokenizer, fingerprint(model, tokenizer), tuple(sorted(eos)))
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's or the CPU's model name (what the latency depends on)."""
+    if device.type == "cuda":
+        return str(torch.cuda.get_device_name(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"

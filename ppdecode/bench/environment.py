@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ppdecode.bench.memory import current_rss, module_bytes
-from ppdecode.models import LoadedModel
+from ppdecode.models import LoadedModel, device_name
 
 
 def environment(base: LoadedModel) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def environment(base: LoadedModel) -> dict[str, Any]:
         "model": base.name,
         "fingerprint": base.fingerprint,
         "device": str(base.device),
-        "device_name": _device_name(base.device),
+        "device_name": device_name(base.device),
         "dtype": str(base.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -49,18 +49,6 @@ def _package_version() -> str:
         return metadata.version("ppdecode")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def _git_revision(root: Path) -> str | None:

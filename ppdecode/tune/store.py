@@ -14,7 +14,6 @@ import datetime
 import hashlib
 import json
 import logging
-import platform
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ppdecode.models import LoadedModel, cache_dir
+from ppdecode.models import LoadedModel, cache_dir, device_name
 from ppdecode.prompt_tokens import CONFIG, WEIGHTS, PromptTokens
 from ppdecode.tree.spec import TreeSpec, write_json_atomic
 from ppdecode.tune.choice import Prediction
@@ -68,19 +67,6 @@ def artifact_identity(path: str | Path) -> str | None:
     except (OSError, KeyError, TypeError, json.JSONDecodeError, SafetensorError):
         return None
     return _tensor_digest(fingerprint, tensors)
-
-
-def device_name(device: torch.device) -> str:
-    """The accelerator's or the CPU's model name (what the latency depends on)."""
-    if device.type == "cuda":
-        return str(torch.cuda.get_device_name(device))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
 
 
 @dataclass(frozen=True)
