@@ -16,6 +16,12 @@ from ppdecode.bench.runner import BenchConfig, run_bench
 from ppdecode.cli import app
 from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel
+from ppdecode.prompt_tokens import default_prompt_tokens
+from ppdecode.tree.builder import Accuracy, build_tree
+from ppdecode.tune import resolve as resolve_module
+from ppdecode.tune.latency import LatencyProfile
+from ppdecode.tune.store import HardwareProfile, current_key, save_profile
+from ppdecode.tune.tuner import packaged_accuracy_path
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +30,12 @@ QUESTIONS = [
     {"question_id": 2, "category": "math", "turns": ["What is 3 + 4?"]},
 ]
 METHODS = ["vanilla", "hf-greedy", "hf-lookup", "ppd:default"]
+
+
+def no_tuned_tree(patch: pytest.MonkeyPatch, root: Path) -> None:
+    """Neither this machine's stored profiles nor the shipped tuned tree: ppd:tuned stays out."""
+    patch.setenv("PPDECODE_CACHE", str(root / "cache"))
+    patch.setattr(resolve_module, "shipped_tree_path", lambda model, kind: root / "no-shipped-tree.json")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +52,9 @@ def bench_run(smollm_f32: LoadedModel, tmp_path_factory: pytest.TempPathFactory)
         threads=1,  # the machine is shared: more threads than free cores slows every forward down
         output_dir=root / "out",
     )
-    run_bench(config, base=smollm_f32)
+    with pytest.MonkeyPatch.context() as patch:
+        no_tuned_tree(patch, root)
+        run_bench(config, base=smollm_f32)
     return root / "out", questions
 
 
@@ -120,7 +134,10 @@ def test_config_refuses_misuse() -> None:
         BenchConfig(trees=(("default", "x.json"),))
 
 
-def test_named_trees_and_sampling_variants(smollm_f32: LoadedModel, tmp_path: Path) -> None:
+def test_named_trees_and_sampling_variants(
+    smollm_f32: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_tuned_tree(monkeypatch, tmp_path)
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps(QUESTIONS[1]) + "\n")
     config = BenchConfig(
@@ -142,3 +159,29 @@ def test_named_trees_and_sampling_variants(smollm_f32: LoadedModel, tmp_path: Pa
     assert by["vanilla@t0.7"].equal is None and not by["vanilla@t0.7"].greedy  # sampling: not compared
     assert all(r.new_tokens > 0 for r in result.records)
     assert result.summary["memory"]["methods"] == {}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_tree_tuned_for_this_device_joins_as_ppd_tuned(
+    smollm_f32: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_tuned_tree(monkeypatch, tmp_path)
+    tokens = default_prompt_tokens(smollm_f32)
+    tree = build_tree(Accuracy.load(packaged_accuracy_path(smollm_f32.name)), 7)
+    save_profile(HardwareProfile(
+        key=current_key(smollm_f32, tokens), latency=LatencyProfile((1, 8), (10.0, 12.0), 256, 1), rows=(),
+        vanilla=None, predicted_budget=7, chosen_budget=7, tree=tree, quick=True, accuracy_source="test",
+    ))
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps(QUESTIONS[1]) + "\n")
+    config = BenchConfig(
+        prompts=str(questions), max_new_tokens=6, methods=("vanilla", "ppd"), baseline="vanilla",
+        warmup=0, memory_probes=0, threads=1, output_dir=tmp_path / "out",
+    )
+    result = run_bench(config, base=smollm_f32)
+    by = {r.method: r for r in result.records}
+    assert list(by) == ["vanilla", "ppd:default", "ppd:tuned"]
+    assert by["ppd:tuned"].equal is True
+    assert result.summary["methods"]["ppd:tuned"]["tree"]["input_sizes"] == {
+        d: tree.input_size(d) for d in range(tree.num_prompt_tokens + 1)
+    }

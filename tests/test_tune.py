@@ -37,7 +37,7 @@ from ppdecode.tune.choice import (
     vanilla_tokens_per_s,
 )
 from ppdecode.tune.decode import DecodeMeasurement, held_out_prompts
-from ppdecode.tune.latency import LatencyProfile, probe_tree
+from ppdecode.tune.latency import LatencyProfile, isotonic, probe_tree
 from ppdecode.tune.resolve import resolve_tree
 from ppdecode.tune.store import (
     BudgetRow,
@@ -116,9 +116,23 @@ def test_latency_interpolates_and_extends_without_falling() -> None:
     assert profile.forward_at(10) == pytest.approx(25.0)  # last slope, 2 ms per input
     assert profile.step_ms(1) == pytest.approx(10.5)
     assert profile.step_ms(8) == pytest.approx(22.0)
-    noisy = LatencyProfile((1, 4, 8), (10.0, 14.0, 13.0), 256, 3)
-    assert noisy.forward_at(20) == pytest.approx(13.0)  # a noisy falling tail is not extrapolated down
     assert LatencyProfile.from_dict(profile.to_dict()) == profile
+
+
+@pytest.mark.parametrize(
+    ("values", "fitted"),
+    [
+        ((1.0, 2.0, 3.0), (1.0, 2.0, 3.0)),
+        ((10.0, 14.0, 13.0), (10.0, 13.5, 13.5)),  # a dip is pooled with its neighbour
+        ((41.0, 53.3, 49.4, 52.1), (41.0, 51.35, 51.35, 52.1)),
+        ((5.0, 4.0, 3.0), (4.0, 4.0, 4.0)),
+    ],
+)
+def test_latency_is_smoothed_to_never_fall(values: tuple[float, ...], fitted: tuple[float, ...]) -> None:
+    assert isotonic(values) == pytest.approx(fitted)
+    profile = LatencyProfile(tuple(range(1, len(values) + 1)), values, 256, 1)
+    assert profile.smoothed_ms == pytest.approx(fitted)
+    assert profile.forward_at(len(values) + 3) >= fitted[-1]  # the tail is never extrapolated down
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from ppdecode.engine import Engine
 from ppdecode.models import DEFAULT_MODEL, LoadedModel, load_model
 from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
 from ppdecode.tree.spec import DEFAULT_TREE, TreeSpec, load_tree
+from ppdecode.tune.resolve import AUTO, resolve_tree
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ class BenchConfig:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
         names = [name for name, _ in self.trees]
-        if len(set(names)) != len(names) or "default" in names:
-            raise ValueError(f"tree names must be unique and not 'default', got {names}")
+        if len(set(names)) != len(names) or {"default", "tuned"} & set(names):
+            raise ValueError(f"tree names must be unique and not 'default' or 'tuned', got {names}")
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -128,7 +129,13 @@ def build_methods(config: BenchConfig, base: LoadedModel) -> tuple[list[Method],
     ppd_engines: dict[str, Engine] = {}
     if "ppd" in families:
         tokens = _prompt_tokens(config, base)
-        trees: list[tuple[str, TreeSpec]] = [("default", load_tree(config.tree))]
+        default = load_tree(config.tree)
+        trees: list[tuple[str, TreeSpec]] = [("default", default)]
+        # What `ppd generate` decodes with: the tree tuned for this device (a stored profile or the
+        # shipped tree), when there is one and it differs from the default. Never tuned here.
+        tuned = resolve_tree(base, tokens, AUTO, allow_tune=False, progress=False)
+        if tuned != default:
+            trees.append(("tuned", tuned))
         trees += [(name, load_tree(path)) for name, path in config.trees]
         for name, spec in trees:
             ppd_engines[name] = Engine(base, tokens, spec)

@@ -57,7 +57,13 @@ def bench(
     prompt_tokens: Annotated[
         str, typer.Option(help="Prompt-token artifact directory, or 'default'.")
     ] = "default",
-    default_tree: Annotated[str, typer.Option(help="Tree of the ppd:default method.")] = "default",
+    default_tree: Annotated[
+        str,
+        typer.Option(
+            help="Tree of the ppd:default method. ppd:tuned, the tree `ppd generate` uses here, "
+            "is added when this device has one."
+        ),
+    ] = "default",
     tree: Annotated[
         list[str] | None,
         typer.Option(help="Extra PPD tree as PATH or NAME=PATH (repeatable): method ppd:NAME."),

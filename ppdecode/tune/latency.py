@@ -58,9 +58,18 @@ class LatencyProfile:
         if any(not ms > 0 for ms in self.forward_ms):
             raise ValueError(f"latency profile: latencies must be > 0 ms, got {list(self.forward_ms)}")
 
+    @property
+    def smoothed_ms(self) -> tuple[float, ...]:
+        """The medians fitted by the closest non-decreasing curve (isotonic regression).
+
+        More inputs never make a forward faster; a measured dip (L(8) > L(9), say) is noise of a few
+        percent that would otherwise decide between neighbouring budgets, so it is pooled away.
+        """
+        return isotonic(self.forward_ms)
+
     def forward_at(self, n: float) -> float:
-        """L_fp(n) in ms: linear between measured sizes, extended with the last slope (never falling)."""
-        xs, ys = self.sizes, self.forward_ms
+        """L_fp(n) in ms: the smoothed medians, linear between sizes, extended with the last slope."""
+        xs, ys = self.sizes, self.smoothed_ms
         if n > xs[-1] and len(xs) >= 2:
             slope = max(0.0, (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]))
             return ys[-1] + slope * (n - xs[-1])
@@ -92,6 +101,19 @@ class LatencyProfile:
             step_overhead_ms=float(data.get("step_overhead_ms", 0.0)),
             vanilla_overhead_ms=float(data.get("vanilla_overhead_ms", 0.0)),
         )
+
+
+def isotonic(values: Sequence[float]) -> tuple[float, ...]:
+    """Least-squares non-decreasing fit (pool adjacent violators), equal weights."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for value in values:
+        blocks.append([float(value), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            mean, count = blocks.pop()
+            previous = blocks[-1]
+            previous[0] = (previous[0] * previous[1] + mean * count) / (previous[1] + count)
+            previous[1] += count
+    return tuple(mean for mean, count in blocks for _ in range(int(count)))
 
 
 def probe_tree(n: int, num_prompt_tokens: int) -> tuple[TreeSpec, int]:

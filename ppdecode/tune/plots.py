@@ -29,7 +29,8 @@ def write_plots(profile: HardwareProfile, out_dir: str | Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     latency = profile.latency
     grid = list(range(1, max(latency.sizes) + 1))
-    ax.plot(grid, [latency.forward_at(n) for n in grid], color="tab:blue", lw=1, label="interpolated")
+    ax.plot(grid, [latency.forward_at(n) for n in grid], color="tab:blue", lw=1,
+            label="used: non-decreasing fit, interpolated")
     ax.plot(latency.sizes, latency.forward_ms, "o", color="tab:blue", ms=3, label="measured (median)")
     ax.set_xlabel("inputs per forward n")
     ax.set_ylabel("forward latency L_fp(n) [ms]")

@@ -118,9 +118,9 @@ def _recorded_table(tokens: PromptTokens) -> dict[str, Any] | None:
     if "rank_probs" in recorded:
         return recorded
     cumulative = recorded.get("topk_accuracy")
-    if not isinstance(cumulative, list) or not all(isinstance(row, list) and row for row in cumulative):
+    if not isinstance(cumulative, list) or not cumulative:
         return None
-    if not cumulative:
+    if not all(isinstance(row, list) and row for row in cumulative):
         return None
     # Exactly rank r = top-(r+1) − top-r; rounding in the record can make a difference slightly negative.
     rank_probs = [[max(0.0, b - a) for a, b in zip([0.0, *row[:-1]], row, strict=True)] for row in cumulative]
