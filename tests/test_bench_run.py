@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from ppdecode.bench.methods import HFMethod, HFMode
 from ppdecode.bench.metrics import OVERALL
+from ppdecode.bench.report import tables
 from ppdecode.bench.runner import BenchConfig, run_bench
 from ppdecode.cli import app
 from ppdecode.engine import Engine
@@ -185,3 +187,7 @@ def test_the_tree_tuned_for_this_device_joins_as_ppd_tuned(
     assert result.summary["methods"]["ppd:tuned"]["tree"]["input_sizes"] == {
         d: tree.input_size(d) for d in range(tree.num_prompt_tokens + 1)
     }
+    console = Console(width=200, record=True)
+    console.print(tables(result.summary))
+    overall = console.export_text().split("overall")[1]
+    assert "τ expected" in overall and f"{tree.meta['expected_tau']:.2f}" in overall

@@ -80,23 +80,16 @@ def group_table(summary: dict[str, Any], group: str) -> Table:
         load_text = "→".join(f"{x[0]:.1f}" for x in load if x) or "—"
         table.caption = f"threads {env['threads']}, load average {load_text}, git {str(env.get('git'))[:12]}"
         table.caption_justify = "left"
-    for name, justify in (
-        ("method", "left"),
-        ("q", "right"),
-        ("tokens", "right"),
-        ("tok/s mean", "right"),
-        ("tok/s total", "right"),
-        ("speed-up mean", "right"),
-        ("speed-up total", "right"),
-        ("τ", "right"),
-        ("steps", "right"),
-        ("= ref", "right"),
-        ("1st diff", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    # Overall, a PPD tree built from an accuracy table also shows the τ its builder expected.
+    expected = {m: _expected_tau(summary, m) for m in rows} if group == OVERALL else {}
+    show_expected = any(v is not None for v in expected.values())
+    columns = ["method", "q", "tokens", "tok/s mean", "tok/s total", "speed-up mean", "speed-up total", "τ"]
+    columns += ["τ expected"] * show_expected + ["steps", "= ref", "1st diff"]
+    for name in columns:
+        table.add_column(name, justify="left" if name == "method" else "right")
     for method, s in rows.items():
         diffs = s["first_diffs"]
-        table.add_row(
+        cells = [
             method,
             str(s["questions"]),
             str(s["new_tokens"]),
@@ -105,11 +98,21 @@ def group_table(summary: dict[str, Any], group: str) -> Table:
             _num(s["speedup_mean"], 2, "×"),
             _num(s["speedup_total"], 2, "×"),
             _num(s["tau"], 2),
+        ]
+        cells += [_num(expected.get(method), 2)] * show_expected
+        cells += [
             str(s["steps"]),
             "—" if s["equal_rate"] is None else f"{100 * s['equal_rate']:.0f}%",
             "—" if not diffs else str(min(diffs)),
-        )
+        ]
+        table.add_row(*cells)
     return table
+
+
+def _expected_tau(summary: dict[str, Any], method: str) -> float | None:
+    tree = summary["methods"].get(method, {}).get("tree") or {}
+    value = (tree.get("meta") or {}).get("expected_tau")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def memory_table(summary: dict[str, Any]) -> Table:
