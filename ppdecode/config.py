@@ -30,6 +30,7 @@ class GenerationConfig:
     posterior_alpha: float = 0.3
     chat: bool = True  # apply the chat template when the model has one; False = raw completion
     use_ppd: bool = True
+    lookup: bool = True  # prompt lookup joins the prompt tokens' guesses (rank 0 where the history repeats)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

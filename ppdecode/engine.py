@@ -21,7 +21,7 @@ from ppdecode.config import AcceptMode, GenerationConfig
 from ppdecode.forward import ModelRunner, step_attend
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens
-from ppdecode.proposers import PromptTokenProposer, Proposer
+from ppdecode.proposers import LookupProposer, PromptTokenProposer, Proposer
 from ppdecode.text import TextStream
 from ppdecode.tree.buffers import TreeBuffers, build_buffers
 from ppdecode.tree.spec import TreeNode, TreeSpec
@@ -132,7 +132,11 @@ class Engine:
         self.tokenizer = base.tokenizer
         self.prompt_tokens = prompt_tokens
         self.tree = tree
-        self.proposer: Proposer = proposer or PromptTokenProposer()
+        # A given proposer is used as is; otherwise the prompt tokens' own guesses, joined by prompt
+        # lookup when the generation's config asks for it (the default).
+        self.proposer = proposer
+        self._plain_proposer = PromptTokenProposer()
+        self._lookup_proposer = LookupProposer(self._plain_proposer)
         self.runner = ModelRunner(base)
         device = self.runner.device
         self.vanilla_buffers = build_buffers(VANILLA_TREE, 0).to(device)
@@ -240,26 +244,26 @@ class Engine:
         use_ppd = config.use_ppd and self.prompt_tokens is not None
         generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         cache = KVCache()
-        generated: list[int] = []
+        history = list(input_ids)  # the prompt, then every committed token: what the proposer reads
 
         # 1. Prefill: the context, with its last token as the root of a depth-0 tree.
         start = time.perf_counter()
         result = self._step(
-            cache, input_ids[:-1], input_ids[-1], None, use_ppd, config, generator, generated, stats
+            cache, input_ids[:-1], input_ids[-1], None, use_ppd, config, generator, history, stats
         )
         stats.prefill_s = time.perf_counter() - start
         stats._prefill_forward_s = stats.forward_s
         root, prompt_logits = result.verdict.bonus, result.prompt_logits
-        generated.append(root)
+        history.append(root)
         yield [root], 0
 
         # 2. Steps: propose → verify → commit, until the caller stops asking or the context is full.
         while cache.length + 1 < context:
-            result = self._step(cache, [], root, prompt_logits, use_ppd, config, generator, generated, stats)
+            result = self._step(cache, [], root, prompt_logits, use_ppd, config, generator, history, stats)
             verdict = result.verdict
             root, prompt_logits = verdict.bonus, result.prompt_logits
             committed = [*verdict.accepted_tokens, root]
-            generated.extend(committed)
+            history.extend(committed)
             stats.steps += 1
             stats.accept_lengths.append(len(committed))
             yield committed, len(committed)
@@ -273,7 +277,7 @@ class Engine:
         use_ppd: bool,
         config: GenerationConfig,
         generator: torch.Generator | None,
-        generated: list[int],
+        history: list[int],
         stats: GenerationStats,
     ) -> _StepResult:
         runner = self.runner
@@ -283,7 +287,8 @@ class Engine:
         root_tensor = torch.tensor([*prefix, root], device=device)  # [P + 1]
         if buffers.num_nodes:
             assert prompt_logits is not None and self.tree is not None
-            candidates = self.proposer.candidates(prompt_logits, self.tree.max_top_k, generated)  # [D, K]
+            proposer = self._proposer(config)
+            candidates = proposer.candidates(prompt_logits, self.tree.max_top_k, history)  # [D, K]
             node_tokens = candidates.flatten()[buffers.candidate_index]  # [num_nodes]
             token_ids = torch.cat([root_tensor, node_tokens])
         else:
@@ -324,6 +329,11 @@ class Engine:
             index = buffers.slot_inputs[verdict.last, :slots]  # [slots, V]
             next_prompt_logits = logits[p + index].mean(dim=1)  # [slots, vocab]
         return _StepResult(verdict, next_prompt_logits)
+
+    def _proposer(self, config: GenerationConfig) -> Proposer:
+        if self.proposer is not None:
+            return self.proposer
+        return self._lookup_proposer if config.lookup else self._plain_proposer
 
     def _buffers(self, prompt_logits: torch.Tensor | None, use_ppd: bool, committed: int) -> TreeBuffers:
         if not use_ppd:

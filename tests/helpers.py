@@ -35,16 +35,18 @@ class ReferenceProposer:
     rank-0 chain is accepted). ``right=False``: no candidate is ever the true token.
     """
 
-    def __init__(self, reference: list[int], vocab_size: int, right: bool) -> None:
+    def __init__(self, prompt_length: int, reference: list[int], vocab_size: int, right: bool) -> None:
+        self.prompt_length = prompt_length
         self.reference = reference
         self.vocab_size = vocab_size
         self.right = right
 
-    def candidates(self, prompt_logits: torch.Tensor, top_k: int, generated: list[int]) -> torch.Tensor:
+    def candidates(self, prompt_logits: torch.Tensor, top_k: int, history: list[int]) -> torch.Tensor:
         depth = prompt_logits.shape[0]
         out = torch.empty(depth, top_k, dtype=torch.long)
         for i in range(depth):
-            position = len(generated) + i  # index in the reference of the token this depth guesses
+            # index in the reference of the token this depth guesses
+            position = len(history) - self.prompt_length + i
             truth = self.reference[position] if position < len(self.reference) else -1
             filler = [t for t in range(top_k + 1) if t != truth][:top_k]
             row = ([truth] + filler[: top_k - 1]) if self.right and truth >= 0 else filler

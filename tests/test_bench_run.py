@@ -145,7 +145,7 @@ def test_named_trees_and_sampling_variants(
     config = BenchConfig(
         prompts=str(questions),
         max_new_tokens=4,
-        methods=("vanilla", "ppd"),
+        methods=("vanilla", "ppd", "ppd-plain"),
         baseline="vanilla",
         trees=(("again", "default"),),
         temperature=0.7,
@@ -156,8 +156,16 @@ def test_named_trees_and_sampling_variants(
     )
     result = run_bench(config, base=smollm_f32)
     by = {r.method: r for r in result.records}
-    assert list(by) == ["vanilla", "ppd:default", "ppd:again", "vanilla@t0.7", "ppd:default@t0.7"]
+    assert list(by) == [
+        "vanilla",
+        "ppd:default",
+        "ppd:again",
+        "ppd-plain:default",
+        "vanilla@t0.7",
+        "ppd:default@t0.7",
+    ]
     assert by["ppd:again"].equal is True  # greedy with another (here: the same) tree
+    assert by["ppd-plain:default"].equal is True  # the prompt tokens alone, without prompt lookup
     assert by["vanilla@t0.7"].equal is None and not by["vanilla@t0.7"].greedy  # sampling: not compared
     assert all(r.new_tokens > 0 for r in result.records)
     assert result.summary["memory"]["methods"] == {}
@@ -170,15 +178,30 @@ def test_the_tree_tuned_for_this_device_joins_as_ppd_tuned(
     no_tuned_tree(monkeypatch, tmp_path)
     tokens = default_prompt_tokens(smollm_f32)
     tree = build_tree(Accuracy.load(packaged_accuracy_path(smollm_f32.name)), 7)
-    save_profile(HardwareProfile(
-        key=current_key(smollm_f32, tokens), latency=LatencyProfile((1, 8), (10.0, 12.0), 256, 1), rows=(),
-        vanilla=None, predicted_budget=7, chosen_budget=7, tree=tree, quick=True, accuracy_source="test",
-    ))
+    save_profile(
+        HardwareProfile(
+            key=current_key(smollm_f32, tokens),
+            latency=LatencyProfile((1, 8), (10.0, 12.0), 256, 1),
+            rows=(),
+            vanilla=None,
+            predicted_budget=7,
+            chosen_budget=7,
+            tree=tree,
+            quick=True,
+            accuracy_source="test",
+        )
+    )
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps(QUESTIONS[1]) + "\n")
     config = BenchConfig(
-        prompts=str(questions), max_new_tokens=6, methods=("vanilla", "ppd"), baseline="vanilla",
-        warmup=0, memory_probes=0, threads=1, output_dir=tmp_path / "out",
+        prompts=str(questions),
+        max_new_tokens=6,
+        methods=("vanilla", "ppd"),
+        baseline="vanilla",
+        warmup=0,
+        memory_probes=0,
+        threads=1,
+        output_dir=tmp_path / "out",
     )
     result = run_bench(config, base=smollm_f32)
     by = {r.method: r for r in result.records}

@@ -37,6 +37,28 @@ def test_ppd_greedy_equals_vanilla(engines: tuple[Engine, Engine], prompt: str) 
     assert expected.stats.tau == 1.0
 
 
+COPY_PROMPTS = [
+    "Repeat this text exactly, word for word: The committee met on Tuesday to review the budget, "
+    "approve the new library hours and plan the spring festival in the town square.",
+    "Add a docstring to this function:\n\ndef area(width, height):\n    return width * height\n",
+]
+
+
+@pytest.mark.parametrize("prompt", COPY_PROMPTS, ids=["repeat", "docstring"])
+def test_prompt_lookup_is_lossless_and_copies_repeated_text(
+    engines: tuple[Engine, Engine], prompt: str
+) -> None:
+    vanilla, ppd = engines
+    ids = vanilla.encode(prompt)
+    expected = vanilla.generate_ids(ids, GenerationConfig(max_new_tokens=64)).token_ids
+    with_lookup = ppd.generate_ids(ids, GenerationConfig(max_new_tokens=64, lookup=True))
+    plain = ppd.generate_ids(ids, GenerationConfig(max_new_tokens=64, lookup=False))
+    assert with_lookup.token_ids == expected
+    assert plain.token_ids == expected
+    # the answer repeats the prompt: copied guesses are accepted more often than the prompt tokens' own
+    assert with_lookup.stats.tau > plain.stats.tau
+
+
 def test_vanilla_engine_equals_transformers_generate(smollm_f32: LoadedModel) -> None:
     engine = Engine(smollm_f32)
     for prompt in PROMPTS[:3]:
@@ -63,7 +85,7 @@ def test_loop_edges_every_guess_right_or_wrong(smollm_f32: LoadedModel, right: b
         ids = vanilla.encode(prompt)
         config = GenerationConfig(max_new_tokens=64)
         reference = vanilla.generate_ids(ids, config).token_ids
-        proposer = ReferenceProposer(reference, smollm_f32.model.config.vocab_size, right=right)
+        proposer = ReferenceProposer(len(ids), reference, smollm_f32.model.config.vocab_size, right=right)
         got = Engine(smollm_f32, tokens, tree, proposer=proposer).generate_ids(ids, config)
         assert got.token_ids == reference
         if right:

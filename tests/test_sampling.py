@@ -55,13 +55,14 @@ def exact_distribution(base: LoadedModel, ids: list[int]) -> dict[tuple[int, ...
 class LikelyProposer:
     """Proposes the model's most likely continuations so that guesses are often accepted and sometimes not."""
 
-    def __init__(self, dist: dict[tuple[int, ...], float]) -> None:
+    def __init__(self, prompt_length: int, dist: dict[tuple[int, ...], float]) -> None:
+        self.prompt_length = prompt_length
         self.dist = dist
 
-    def candidates(self, prompt_logits: torch.Tensor, top_k: int, generated: list[int]) -> torch.Tensor:
+    def candidates(self, prompt_logits: torch.Tensor, top_k: int, history: list[int]) -> torch.Tensor:
         depth = prompt_logits.shape[0]
         out = torch.arange(top_k).repeat(depth, 1) + 10_000
-        prefix = tuple(generated)
+        prefix = tuple(history[self.prompt_length :])
         for i in range(depth):
             ranked = sorted(
                 {
@@ -123,7 +124,8 @@ def setup(smollm_f32: LoadedModel) -> tuple[Engine, list[int], dict[tuple[int, .
     ids = vanilla.encode(PROMPT)
     dist = exact_distribution(smollm_f32, ids)
     assert math.isclose(sum(dist.values()), 1.0, rel_tol=1e-4)
-    engine = Engine(smollm_f32, PromptTokens.initial(smollm_f32), load_tree("default"), LikelyProposer(dist))
+    proposer = LikelyProposer(len(ids), dist)
+    engine = Engine(smollm_f32, PromptTokens.initial(smollm_f32), load_tree("default"), proposer)
     return engine, ids, dist
 
 
@@ -179,7 +181,7 @@ def test_near_zero_temperature_reproduces_greedy(smollm_f32: LoadedModel, accept
     vanilla = Engine(smollm_f32)
     ids = vanilla.encode("List three fruits.")
     greedy = vanilla.generate_ids(ids, GenerationConfig(max_new_tokens=32)).token_ids
-    proposer = ReferenceProposer(greedy, smollm_f32.model.config.vocab_size, right=True)
+    proposer = ReferenceProposer(len(ids), greedy, smollm_f32.model.config.vocab_size, right=True)
     engine = Engine(smollm_f32, PromptTokens.initial(smollm_f32), load_tree("default"), proposer)
     config = GenerationConfig(max_new_tokens=32, temperature=1e-3, accept=accept, seed=0)
     result = engine.generate_ids(ids, config)

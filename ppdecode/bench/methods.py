@@ -58,15 +58,18 @@ class Method(Protocol):
 
 
 class EngineMethod:
-    """Our engine: vanilla when ``use_ppd`` is False, else PPD with the engine's tree."""
+    """Our engine: vanilla when ``use_ppd`` is False, else PPD with the engine's tree (and prompt lookup)."""
 
-    def __init__(self, name: str, engine: Engine, use_ppd: bool, temperature: float = 0.0) -> None:
+    def __init__(
+        self, name: str, engine: Engine, use_ppd: bool, temperature: float = 0.0, lookup: bool = True
+    ) -> None:
         if use_ppd and engine.prompt_tokens is None:
             raise ValueError(f"method {name}: PPD needs an engine with prompt tokens")
         self.name = name
         self.engine = engine
         self.use_ppd = use_ppd
         self.temperature = temperature
+        self.lookup = lookup
         self.greedy = temperature == 0
         self.ppd = use_ppd
 
@@ -76,6 +79,7 @@ class EngineMethod:
             temperature=self.temperature,
             seed=None if self.greedy else seed,
             use_ppd=self.use_ppd,
+            lookup=self.lookup,
         )
         start = time.perf_counter()
         result = self.engine.generate_ids(input_ids, config)

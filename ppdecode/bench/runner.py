@@ -39,8 +39,9 @@ from ppdecode.tune.resolve import AUTO, resolve_tree
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("vanilla", "hf-greedy", "hf-lookup", "hf-assisted", "ppd")
-DEFAULT_FAMILIES = ("vanilla", "hf-greedy", "hf-lookup", "ppd")  # + hf-assisted when a draft is given
+FAMILIES = ("vanilla", "hf-greedy", "hf-lookup", "hf-assisted", "ppd", "ppd-plain")
+# + hf-assisted when a draft is given
+DEFAULT_FAMILIES = ("vanilla", "hf-greedy", "hf-lookup", "ppd", "ppd-plain")
 WARMUP_TOKENS = 16
 
 
@@ -127,7 +128,7 @@ def build_methods(config: BenchConfig, base: LoadedModel) -> tuple[list[Method],
         draft = load_model(config.draft_model, device=str(base.device), dtype=base.dtype)
         methods.append(HFMethod("hf-assisted", base, HFMode.ASSISTED, draft=draft))
     ppd_engines: dict[str, Engine] = {}
-    if "ppd" in families:
+    if "ppd" in families or "ppd-plain" in families:
         tokens = _prompt_tokens(config, base)
         default = load_tree(config.tree)
         trees: list[tuple[str, TreeSpec]] = [("default", default)]
@@ -139,14 +140,19 @@ def build_methods(config: BenchConfig, base: LoadedModel) -> tuple[list[Method],
         trees += [(name, load_tree(path)) for name, path in config.trees]
         for name, spec in trees:
             ppd_engines[name] = Engine(base, tokens, spec)
-            methods.append(EngineMethod(f"ppd:{name}", ppd_engines[name], use_ppd=True))
+            if "ppd" in families:
+                methods.append(EngineMethod(f"ppd:{name}", ppd_engines[name], use_ppd=True))
+        if "ppd-plain" in families:
+            # The prompt tokens' guesses alone, without prompt lookup, on the tree `ppd generate` uses.
+            name = "tuned" if "tuned" in ppd_engines else "default"
+            methods.append(EngineMethod(f"ppd-plain:{name}", ppd_engines[name], use_ppd=True, lookup=False))
     if config.temperature > 0:
         t = f"@t{config.temperature:g}"
         if "vanilla" in families:
             methods.append(
                 EngineMethod(f"vanilla{t}", vanilla, use_ppd=False, temperature=config.temperature)
             )
-        if ppd_engines:
+        if "ppd" in families:
             engine = ppd_engines["default"]
             methods.append(
                 EngineMethod(f"ppd:default{t}", engine, use_ppd=True, temperature=config.temperature)

@@ -48,7 +48,9 @@ def bench(
     ] = None,
     methods: Annotated[
         list[str] | None,
-        typer.Option(help="Method families: vanilla, hf-greedy, hf-lookup, hf-assisted, ppd (comma list)."),
+        typer.Option(
+            help="Method families: vanilla, hf-greedy, hf-lookup, hf-assisted, ppd, ppd-plain (comma list)."
+        ),
     ] = None,
     baseline: Annotated[str, typer.Option(help="Method the speed-ups are relative to.")] = "hf-greedy",
     model: Annotated[

@@ -37,6 +37,9 @@ def generate(
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     accept: Annotated[AcceptMode, typer.Option(help="Verification rule.")] = AcceptMode.AUTO,
     no_ppd: Annotated[bool, typer.Option("--no-ppd", help="Decode without guesses (vanilla).")] = False,
+    no_lookup: Annotated[
+        bool, typer.Option("--no-lookup", help="Prompt tokens' guesses only, without prompt lookup.")
+    ] = False,
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of streaming.")
@@ -55,6 +58,7 @@ def generate(
         accept=accept,
         chat=not raw,
         use_ppd=not no_ppd,
+        lookup=not no_lookup,
     )
     engine = load(
         model, prompt_tokens=None if no_ppd else prompt_tokens, tree=tree, device=device, dtype=dtype
@@ -73,6 +77,7 @@ def generate(
             "model": engine.base.name,
             "dtype": str(engine.base.dtype).removeprefix("torch."),
             "ppd": not no_ppd,
+            "lookup": not no_ppd and not no_lookup,
             **stats.to_dict(),
         }
         print(json.dumps(payload))

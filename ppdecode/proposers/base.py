@@ -8,11 +8,11 @@ import torch
 
 
 class Proposer(Protocol):
-    def candidates(self, prompt_logits: torch.Tensor, top_k: int, generated: list[int]) -> torch.Tensor:
-        """Candidate tokens per depth, best first.
+    def candidates(self, prompt_logits: torch.Tensor, top_k: int, history: list[int]) -> torch.Tensor:
+        """Candidate tokens per depth, best first, distinct within a depth.
 
         prompt_logits: [D, vocab] logits of the D prompt slots of the last accepted node;
-        generated: the tokens committed so far, the current root last (candidates at depth i guess
-        the token at ``len(generated) + i - 1``). Returns [D, top_k] token ids.
+        history: the prompt's tokens and the tokens committed so far, the current root last
+        (candidates at depth i guess the token at ``len(history) + i - 1``). Returns [D, top_k] token ids.
         """
         ...

@@ -6,5 +6,5 @@ import torch
 
 
 class PromptTokenProposer:
-    def candidates(self, prompt_logits: torch.Tensor, top_k: int, generated: list[int]) -> torch.Tensor:
+    def candidates(self, prompt_logits: torch.Tensor, top_k: int, history: list[int]) -> torch.Tensor:
         return prompt_logits.topk(top_k, dim=-1).indices  # [D, top_k]
