@@ -309,16 +309,17 @@ class Engine:
         attend = None if trivial else step_attend(cache_length, p, buffers.attend)
 
         timer = time.perf_counter()
+        keep = buffers.num_inputs  # logits of the tree's inputs only, none for a prefill's context
         if self.prompt_tokens is not None and not trivial:
             with self.prompt_tokens.active(slot_positions, buffers.slot_prompt_index):
-                logits = runner.forward(embeds, positions, attend, cache)  # [P + T, vocab]
+                logits = runner.forward(embeds, positions, attend, cache, keep)  # [T, vocab]
         else:
-            logits = runner.forward(embeds, positions, attend, cache)
+            logits = runner.forward(embeds, positions, attend, cache, keep)
         if device.type == "cuda":
             torch.cuda.synchronize()
         stats.forward_s += time.perf_counter() - timer
 
-        token_logits = logits[p : p + 1 + buffers.num_nodes]  # [1 + num_nodes, vocab]
+        token_logits = logits[: 1 + buffers.num_nodes]  # [1 + num_nodes, vocab]
         tree_tokens = token_ids[p:]
         verdict = self._verify(token_logits, tree_tokens, buffers, config, generator)
         cache.commit(cache_length + p, [0, *verdict.accepted])
@@ -327,7 +328,7 @@ class Engine:
         next_prompt_logits = None
         if slots:
             index = buffers.slot_inputs[verdict.last, :slots]  # [slots, V]
-            next_prompt_logits = logits[p + index].mean(dim=1)  # [slots, vocab]
+            next_prompt_logits = logits[index].mean(dim=1)  # [slots, vocab]
         return _StepResult(verdict, next_prompt_logits)
 
     def _proposer(self, config: GenerationConfig) -> Proposer:

@@ -72,8 +72,13 @@ class ModelRunner:
         positions: torch.Tensor,  # [Q] absolute positions
         attend: torch.Tensor | None,  # [Q, cache + Q] bool; None means plain causal
         cache: KVCache,
+        keep_last: int = 0,
     ) -> torch.Tensor:
-        """One forward over Q new inputs appended to the cache; returns logits [Q, vocab]."""
+        """One forward over Q new inputs appended to the cache; returns logits [Q, vocab].
+
+        ``keep_last`` > 0 computes the logits of the last ``keep_last`` inputs only ([keep_last, vocab]):
+        a prefill needs none for its context, and the output layer is a large share of a small model.
+        """
         mask = None if attend is None else self._mask(attend, positions, cache.length)
         out = self.model(
             inputs_embeds=embeds[None],
@@ -81,5 +86,6 @@ class ModelRunner:
             position_ids=positions[None],
             cache=cache.hf,
             use_cache=True,
+            logits_to_keep=keep_last,
         )
-        return out.logits[0]  # [Q, vocab]
+        return out.logits[0]

@@ -202,7 +202,7 @@ def measure_forward_latency(
     generator = torch.Generator().manual_seed(0)
     context = torch.randint(runner.embedding.num_embeddings, (cache_length,), generator=generator)  # [C]
     positions = torch.arange(cache_length, device=runner.device)  # [C]
-    runner.forward(runner.embed(context.to(runner.device)), positions, None, cache)  # cache: C rows per layer
+    runner.forward(runner.embed(context.to(runner.device)), positions, None, cache, keep_last=1)  # C rows
     probes = [_Probe(runner, tokens, cache_length, n) for n in sizes]
     times: dict[int, list[float]] = {n: [] for n in sizes}
     rounds = warmup + repeats
@@ -214,6 +214,10 @@ def measure_forward_latency(
                     times[probe.n].append(elapsed)
                 bar.update()
     medians = {n: 1000 * statistics.median(samples) for n, samples in times.items()}
-    logger.info("forward latency on %s (%s): %s", base.device, base.dtype,
-                {n: round(ms, 2) for n, ms in medians.items()})
+    logger.info(
+        "forward latency on %s (%s): %s",
+        base.device,
+        base.dtype,
+        {n: round(ms, 2) for n, ms in medians.items()},
+    )
     return medians
