@@ -139,7 +139,10 @@ def held_out_prompts(count: int) -> list[str]:
 
 
 def _one(engine: Engine, ids: list[int], max_new_tokens: int, use_ppd: bool) -> DecodeMeasurement:
-    result = engine.generate_ids(ids, GenerationConfig(max_new_tokens=max_new_tokens, use_ppd=use_ppd))
+    # The prompt tokens' guesses alone: the process the expected τ models. Prompt lookup, on in
+    # `ppd generate`, changes candidates only, so it adds about the same to every budget.
+    config = GenerationConfig(max_new_tokens=max_new_tokens, use_ppd=use_ppd, lookup=False)
+    result = engine.generate_ids(ids, config)
     stats = result.stats
     decode_s = stats.total_s - stats.prefill_s
     return DecodeMeasurement(
