@@ -22,27 +22,17 @@ def lookup_continuation(history: list[int], length: int, max_ngram: int = 3, min
     occurrences of that n-gram, the latest one. Returns [] when nothing matches.
     """
     end = len(history)
+    if end < 2:
+        return []
+    last = history[-1]
+    # earlier occurrences of the last token, latest first (the final position is the pattern itself)
+    occurrences = [i for i in range(end - 2, -1, -1) if history[i] == last]
     for n in range(min(max_ngram, end - 1), min_ngram - 1, -1):
         pattern = history[end - n :]
-        last = pattern[-1]
-        # scan backwards over earlier occurrences of the last token; the final position is the pattern itself
-        position = end - 1
-        while position > n - 1:
-            try:
-                position = _rindex(history, last, n - 1, position)
-            except ValueError:
-                break
-            if history[position - n + 1 : position + 1] == pattern:
-                return history[position + 1 : position + 1 + length]
+        for i in occurrences:
+            if i >= n - 1 and history[i - n + 1 : i + 1] == pattern:
+                return history[i + 1 : i + 1 + length]
     return []
-
-
-def _rindex(values: list[int], value: int, start: int, stop: int) -> int:
-    """Largest i in [start, stop) with values[i] == value; ValueError if none."""
-    for i in range(stop - 1, start - 1, -1):
-        if values[i] == value:
-            return i
-    raise ValueError(value)
 
 
 class LookupProposer:
