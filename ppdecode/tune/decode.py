@@ -139,8 +139,8 @@ def held_out_prompts(count: int) -> list[str]:
 
 
 def _one(engine: Engine, ids: list[int], max_new_tokens: int, use_ppd: bool) -> DecodeMeasurement:
-    # The prompt tokens' guesses alone: the process the expected τ models. Prompt lookup, on in
-    # `ppd generate`, changes candidates only, so it adds about the same to every budget.
+    # The prompt tokens' guesses alone: the process the expected τ models. Prompt lookup (on in
+    # `ppd generate`) is not modelled; what it adds depends on the tree (docs/benchmarks.md).
     config = GenerationConfig(max_new_tokens=max_new_tokens, use_ppd=use_ppd, lookup=False)
     result = engine.generate_ids(ids, config)
     stats = result.stats
