@@ -31,6 +31,7 @@ class GenerationConfig:
     chat: bool = True  # apply the chat template when the model has one; False = raw completion
     use_ppd: bool = True
     lookup: bool = True  # prompt lookup joins the prompt tokens' guesses (rank 0 where the history repeats)
+    lookup_chain: int = 4  # copied tokens prompt lookup may verify past the tree per step (0 = none)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -39,6 +40,8 @@ class GenerationConfig:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.lookup_chain < 0:
+            raise ValueError(f"lookup_chain must be >= 0 (0 = off), got {self.lookup_chain}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         self.accept = AcceptMode(self.accept)

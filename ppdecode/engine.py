@@ -21,9 +21,9 @@ from ppdecode.config import AcceptMode, GenerationConfig
 from ppdecode.forward import ModelRunner, step_attend
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens
-from ppdecode.proposers import LookupProposer, PromptTokenProposer, Proposer
+from ppdecode.proposers import LookupProposer, PromptTokenProposer, Proposal, Proposer
 from ppdecode.text import TextStream
-from ppdecode.tree.buffers import TreeBuffers, build_buffers
+from ppdecode.tree.buffers import TreeBuffers, build_buffers, rank0_reach
 from ppdecode.tree.spec import TreeNode, TreeSpec
 from ppdecode.verify import Verdict, verify_greedy, verify_lossless, verify_typical
 
@@ -142,11 +142,14 @@ class Engine:
         self.vanilla_buffers = build_buffers(VANILLA_TREE, 0).to(device)
         # One buffer set per depth, on the model's device, built once: a step only indexes into them.
         self.tree_buffers: list[TreeBuffers] = []
+        self.rank0_reach: list[int] = []  # per depth: how deep the tree's rank-0 path goes
+        self._chain_buffers: dict[tuple[int, int, int], TreeBuffers] = {}  # (depth, chain_at, length)
         if tree is not None and prompt_tokens is not None:
             self.tree_buffers = [
                 build_buffers(tree, depth, prompt_tokens.ensemble).to(device)
                 for depth in range(tree.num_prompt_tokens + 1)
             ]
+            self.rank0_reach = [rank0_reach(tree, depth) for depth in range(tree.num_prompt_tokens + 1)]
 
     # ---- public API ---------------------------------------------------------------------------
     def encode(self, prompt: Prompt, chat: bool = True) -> list[int]:
@@ -254,8 +257,9 @@ class Engine:
         stats.prefill_s = time.perf_counter() - start
         stats._prefill_forward_s = stats.forward_s
         root, prompt_logits = result.verdict.bonus, result.prompt_logits
-        history.append(root)
-        yield [root], 0
+        committed = [*result.verdict.accepted_tokens, root]  # a lookup chain may guess past the root
+        history.extend(committed)
+        yield committed, 0
 
         # 2. Steps: propose → verify → commit, until the caller stops asking or the context is full.
         while cache.length + 1 < context:
@@ -283,16 +287,24 @@ class Engine:
         runner = self.runner
         device = runner.device
         cache_length = cache.length
-        buffers = self._buffers(prompt_logits, use_ppd, cache_length + len(prefix))
+        depth = 0 if prompt_logits is None else prompt_logits.shape[0]
+        candidates, chain_at, chain = None, 0, list[int]()
+        chain_room = config.lookup_chain if config.lookup else 0
+        if use_ppd and (depth or chain_room):
+            assert self.tree is not None
+            reach = depth + chain_room
+            proposal = self._proposer(config).propose(prompt_logits, self.tree.max_top_k, history, reach)
+            candidates = proposal.candidates  # [D, K] or None
+            chain_at, chain = self._chain(proposal, depth, chain_room)
+        buffers = self._buffers(depth, use_ppd, cache_length + len(prefix), chain_at, len(chain))
         root_tensor = torch.tensor([*prefix, root], device=device)  # [P + 1]
-        if buffers.num_nodes:
-            assert prompt_logits is not None and self.tree is not None
-            proposer = self._proposer(config)
-            candidates = proposer.candidates(prompt_logits, self.tree.max_top_k, history)  # [D, K]
-            node_tokens = candidates.flatten()[buffers.candidate_index]  # [num_nodes]
-            token_ids = torch.cat([root_tensor, node_tokens])
-        else:
-            token_ids = root_tensor
+        pieces = [root_tensor]
+        if buffers.num_nodes > buffers.chain_length:
+            assert candidates is not None
+            pieces.append(candidates.flatten()[buffers.candidate_index])  # [tree nodes]
+        if buffers.chain_length:
+            pieces.append(torch.tensor(chain, device=device))
+        token_ids = torch.cat(pieces) if len(pieces) > 1 else root_tensor
         embeds = runner.embed(token_ids)  # [P + 1 + num_nodes, H]
         p = len(prefix)
         num_token_inputs = p + 1 + buffers.num_nodes
@@ -328,7 +340,9 @@ class Engine:
         next_prompt_logits = None
         if slots:
             index = buffers.slot_inputs[verdict.last, :slots]  # [slots, V]
-            next_prompt_logits = logits[index].mean(dim=1)  # [slots, vocab]
+            # one copy of the rows, not two: without an ensemble there is nothing to average
+            one = index.shape[1] == 1
+            next_prompt_logits = logits[index[:, 0]] if one else logits[index].mean(dim=1)  # [slots, vocab]
         return _StepResult(verdict, next_prompt_logits)
 
     def _proposer(self, config: GenerationConfig) -> Proposer:
@@ -336,11 +350,36 @@ class Engine:
             return self.proposer
         return self._lookup_proposer if config.lookup else self._plain_proposer
 
-    def _buffers(self, prompt_logits: torch.Tensor | None, use_ppd: bool, committed: int) -> TreeBuffers:
+    def _chain(self, proposal: Proposal, depth: int, room: int) -> tuple[int, list[int]]:
+        """Where the lookup chain hangs (a depth on the rank-0 path) and its tokens; [] for none.
+
+        The chain continues the proposal's continuation below the deepest rank-0 node that holds it.
+        """
+        continuation = proposal.continuation
+        if not room or not continuation:
+            return 0, []
+        ranked = proposal.candidates[:, 0].tolist() if proposal.candidates is not None else []
+        chain_at = 0
+        limit = min(self.rank0_reach[depth], len(continuation))
+        while chain_at < limit and ranked[chain_at] == continuation[chain_at]:
+            chain_at += 1
+        return chain_at, list(continuation[chain_at : chain_at + room])
+
+    def _buffers(
+        self, depth: int, use_ppd: bool, committed: int, chain_at: int = 0, chain_length: int = 0
+    ) -> TreeBuffers:
         if not use_ppd:
             return self.vanilla_buffers
-        depth = 0 if prompt_logits is None else prompt_logits.shape[0]
-        buffers = self.tree_buffers[depth]
+        if chain_length:
+            key = (depth, chain_at, chain_length)
+            buffers = self._chain_buffers.get(key)
+            if buffers is None:
+                assert self.tree is not None and self.prompt_tokens is not None
+                spec, ensemble = self.tree, self.prompt_tokens.ensemble
+                buffers = build_buffers(spec, depth, ensemble, chain_at, chain_length).to(self.runner.device)
+                self._chain_buffers[key] = buffers
+        else:
+            buffers = self.tree_buffers[depth]
         if committed + buffers.num_inputs > self.base.context_length:
             return self.vanilla_buffers  # near the end of the context: no room for a tree
         return buffers

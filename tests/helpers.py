@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ppdecode.proposers import Proposal
+
 PROMPTS = [
     "Write a haiku about rivers.",
     "Explain recursion to a ten-year-old.",
@@ -32,23 +34,38 @@ class ReferenceProposer:
     """Proposes from a known greedy continuation ``reference`` of the prompt.
 
     ``right=True``: rank 0 at every depth is the true next token (an oracle: every guess on the
-    rank-0 chain is accepted). ``right=False``: no candidate is ever the true token.
+    rank-0 chain is accepted). ``right=False``: no candidate is ever the true token. With
+    ``continuation=True`` the rank-0 guesses also continue past the tree, as far as the engine lets
+    them reach, so the engine verifies them as a lookup chain.
     """
 
-    def __init__(self, prompt_length: int, reference: list[int], vocab_size: int, right: bool) -> None:
+    def __init__(
+        self,
+        prompt_length: int,
+        reference: list[int],
+        vocab_size: int,
+        right: bool,
+        continuation: bool = False,
+    ) -> None:
         self.prompt_length = prompt_length
         self.reference = reference
         self.vocab_size = vocab_size
         self.right = right
+        self.continuation = continuation
 
-    def candidates(self, prompt_logits: torch.Tensor, top_k: int, history: list[int]) -> torch.Tensor:
-        depth = prompt_logits.shape[0]
-        out = torch.empty(depth, top_k, dtype=torch.long)
-        for i in range(depth):
-            # index in the reference of the token this depth guesses
-            position = len(history) - self.prompt_length + i
-            truth = self.reference[position] if position < len(self.reference) else -1
-            filler = [t for t in range(top_k + 1) if t != truth][:top_k]
-            row = ([truth] + filler[: top_k - 1]) if self.right and truth >= 0 else filler
-            out[i] = torch.tensor(row)
-        return out.to(prompt_logits.device)
+    def _row(self, history: list[int], i: int, top_k: int) -> list[int]:
+        position = len(history) - self.prompt_length + i  # index in the reference of the guessed token
+        truth = self.reference[position] if position < len(self.reference) else -1
+        filler = [t for t in range(top_k + 1) if t != truth][:top_k]
+        return ([truth] + filler[: top_k - 1]) if self.right and truth >= 0 else filler
+
+    def propose(
+        self, prompt_logits: torch.Tensor | None, top_k: int, history: list[int], reach: int
+    ) -> Proposal:
+        depth = 0 if prompt_logits is None else prompt_logits.shape[0]
+        rows = [self._row(history, i, top_k) for i in range(depth)]
+        candidates = None if prompt_logits is None else torch.tensor(rows, dtype=torch.long)
+        if not self.continuation:
+            return Proposal(candidates)
+        ahead = [self._row(history, i, 1)[0] for i in range(max(reach, depth))]
+        return Proposal(candidates, tuple(ahead))

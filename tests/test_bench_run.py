@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from ppdecode.bench.methods import HFMethod, HFMode
 from ppdecode.bench.metrics import OVERALL
-from ppdecode.bench.report import tables
+from ppdecode.bench.report import pooled_summary, tables
 from ppdecode.bench.runner import BenchConfig, run_bench
 from ppdecode.cli import app
 from ppdecode.engine import Engine
@@ -107,6 +107,21 @@ def test_cli_shows_a_summary(bench_run: tuple[Path, Path]) -> None:
     result = CliRunner().invoke(app, ["bench", "--show", str(out / "summary.json")])
     assert result.exit_code == 0, result.output
     assert "overall" in result.output and "ppd:default" in result.output and "memory" in result.output
+
+
+def test_pooled_tables_recompute_the_chosen_categories(bench_run: tuple[Path, Path]) -> None:
+    out, _ = bench_run
+    summary = pooled_summary([out, out], ["math"])  # the same run twice: every record counted twice
+    assert list(summary["groups"]) == ["math", OVERALL]
+    alone = json.loads((out / "summary.json").read_text())["groups"]["math"]["ppd:default"]
+    pooled = summary["groups"][OVERALL]["ppd:default"]
+    assert pooled["questions"] == 2 * alone["questions"] and pooled["steps"] == 2 * alone["steps"]
+    assert pooled["tau"] == pytest.approx(alone["tau"])
+    result = CliRunner().invoke(app, ["bench", "--show", str(out), "--categories", "math"])
+    assert result.exit_code == 0, result.output
+    assert "math" in result.output and "chat" not in result.output
+    with pytest.raises(ValueError, match="unknown categories"):
+        pooled_summary([out], ["poetry"])
 
 
 @pytest.fixture

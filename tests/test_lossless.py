@@ -51,12 +51,17 @@ def test_prompt_lookup_is_lossless_and_copies_repeated_text(
     vanilla, ppd = engines
     ids = vanilla.encode(prompt)
     expected = vanilla.generate_ids(ids, GenerationConfig(max_new_tokens=64)).token_ids
-    with_lookup = ppd.generate_ids(ids, GenerationConfig(max_new_tokens=64, lookup=True))
+    with_chain = ppd.generate_ids(ids, GenerationConfig(max_new_tokens=64))
+    with_lookup = ppd.generate_ids(ids, GenerationConfig(max_new_tokens=64, lookup_chain=0))
     plain = ppd.generate_ids(ids, GenerationConfig(max_new_tokens=64, lookup=False))
+    assert with_chain.token_ids == expected
     assert with_lookup.token_ids == expected
     assert plain.token_ids == expected
-    # the answer repeats the prompt: copied guesses are accepted more often than the prompt tokens' own
+    # the answer repeats the prompt: copied guesses are accepted more often than the prompt tokens' own,
+    # and more of them per step when they may reach past the tree
     assert with_lookup.stats.tau > plain.stats.tau
+    assert with_chain.stats.tau > with_lookup.stats.tau
+    assert ppd.tree is not None and max(with_chain.stats.accept_lengths) > ppd.tree.num_prompt_tokens + 1
 
 
 def test_vanilla_engine_equals_transformers_generate(smollm_f32: LoadedModel) -> None:
@@ -76,8 +81,11 @@ def test_vanilla_engine_equals_transformers_generate(smollm_f32: LoadedModel) ->
         assert ours == theirs
 
 
+@pytest.mark.parametrize("continuation", [False, True], ids=["tree", "tree+chain"])
 @pytest.mark.parametrize("right", [True, False], ids=["oracle", "always-wrong"])
-def test_loop_edges_every_guess_right_or_wrong(smollm_f32: LoadedModel, right: bool) -> None:
+def test_loop_edges_every_guess_right_or_wrong(
+    smollm_f32: LoadedModel, right: bool, continuation: bool
+) -> None:
     vanilla = Engine(smollm_f32)
     tree = load_tree("default")
     tokens = PromptTokens.initial(smollm_f32)
@@ -85,10 +93,14 @@ def test_loop_edges_every_guess_right_or_wrong(smollm_f32: LoadedModel, right: b
         ids = vanilla.encode(prompt)
         config = GenerationConfig(max_new_tokens=64)
         reference = vanilla.generate_ids(ids, config).token_ids
-        proposer = ReferenceProposer(len(ids), reference, smollm_f32.model.config.vocab_size, right=right)
+        vocab = smollm_f32.model.config.vocab_size
+        proposer = ReferenceProposer(len(ids), reference, vocab, right=right, continuation=continuation)
         got = Engine(smollm_f32, tokens, tree, proposer=proposer).generate_ids(ids, config)
         assert got.token_ids == reference
-        if right:
+        if right and continuation:
+            # the rank-0 path and the chain past it are all accepted: up to depth + chain + 1 per step
+            assert got.stats.tau > tree.num_prompt_tokens + 1
+        elif right:
             # every step accepts the whole rank-0 chain of its tree: τ = depth of that chain + 1
             assert got.stats.tau > 2.5
         else:

@@ -18,6 +18,7 @@ from ppdecode.config import AcceptMode, GenerationConfig
 from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens
+from ppdecode.proposers import Proposal
 from ppdecode.tree.spec import load_tree
 
 from .helpers import ReferenceProposer
@@ -55,31 +56,33 @@ def exact_distribution(base: LoadedModel, ids: list[int]) -> dict[tuple[int, ...
 class LikelyProposer:
     """Proposes the model's most likely continuations so that guesses are often accepted and sometimes not."""
 
-    def __init__(self, prompt_length: int, dist: dict[tuple[int, ...], float]) -> None:
+    def __init__(self, prompt_length: int, dist: dict[tuple[int, ...], float], continuation: bool) -> None:
         self.prompt_length = prompt_length
         self.dist = dist
+        self.continuation = continuation  # also guess past the tree (verified as a lookup chain)
 
-    def candidates(self, prompt_logits: torch.Tensor, top_k: int, history: list[int]) -> torch.Tensor:
-        depth = prompt_logits.shape[0]
+    def propose(
+        self, prompt_logits: torch.Tensor | None, top_k: int, history: list[int], reach: int
+    ) -> Proposal:
+        """Candidates by probability at each depth; the most likely path continues as far as known."""
+        depth = 0 if prompt_logits is None else prompt_logits.shape[0]
         out = torch.arange(top_k).repeat(depth, 1) + 10_000
         prefix = tuple(history[self.prompt_length :])
-        for i in range(depth):
-            ranked = sorted(
-                {
-                    seq[len(prefix)]: 0.0
-                    for seq in self.dist
-                    if seq[: len(prefix)] == prefix and len(seq) > len(prefix)
-                },
-            )
-            scores = {
-                t: sum(p for s, p in self.dist.items() if s[: len(prefix) + 1] == (*prefix, t))
-                for t in ranked
-            }
+        ahead: list[int] = []
+        for i in range(max(depth, reach)):
+            scores: dict[int, float] = {}
+            for seq, p in self.dist.items():
+                if seq[: len(prefix)] == prefix and len(seq) > len(prefix):
+                    scores[seq[len(prefix)]] = scores.get(seq[len(prefix)], 0.0) + p
             best = sorted(scores, key=lambda t: -scores[t])[:top_k]
-            if best:
+            if not best:
+                break
+            if i < depth:
                 out[i, : len(best)] = torch.tensor(best)
-                prefix = (*prefix, best[0])
-        return out
+            ahead.append(best[0])
+            prefix = (*prefix, best[0])
+        candidates = None if prompt_logits is None else out
+        return Proposal(candidates, tuple(ahead) if self.continuation else ())
 
 
 def chi_square_p_value(
@@ -114,7 +117,7 @@ def sample_counts(engine: Engine, ids: list[int]) -> tuple[dict[tuple[int, ...],
         result = engine.generate_ids(ids, config)
         out = tuple(result.token_ids)
         counts[out] = counts.get(out, 0) + 1
-        accepted += sum(length - 1 for length in result.stats.accept_lengths)
+        accepted += len(out) - 1 - result.stats.steps  # tokens beyond one per forward (prefill included)
     return counts, accepted
 
 
@@ -124,7 +127,7 @@ def setup(smollm_f32: LoadedModel) -> tuple[Engine, list[int], dict[tuple[int, .
     ids = vanilla.encode(PROMPT)
     dist = exact_distribution(smollm_f32, ids)
     assert math.isclose(sum(dist.values()), 1.0, rel_tol=1e-4)
-    proposer = LikelyProposer(len(ids), dist)
+    proposer = LikelyProposer(len(ids), dist, continuation=False)
     engine = Engine(smollm_f32, PromptTokens.initial(smollm_f32), load_tree("default"), proposer)
     return engine, ids, dist
 
@@ -133,6 +136,17 @@ def test_lossless_sampling_matches_the_model_distribution(setup) -> None:
     engine, ids, dist = setup
     counts, accepted = sample_counts(engine, ids)
     assert accepted > SAMPLES // 4, "the proposer should make acceptance common, or the test proves little"
+    p_value = chi_square_p_value(counts, dist, SAMPLES)
+    assert p_value > 0.001, (p_value, counts)
+
+
+def test_lossless_sampling_through_a_lookup_chain(setup, smollm_f32: LoadedModel) -> None:
+    """Guesses that reach past the tree (a lookup chain, here from the first step on) stay exact."""
+    _, ids, dist = setup
+    proposer = LikelyProposer(len(ids), dist, continuation=True)
+    engine = Engine(smollm_f32, PromptTokens.initial(smollm_f32), load_tree("default"), proposer)
+    counts, accepted = sample_counts(engine, ids)
+    assert accepted > SAMPLES // 2, "the chain's guesses should be accepted often"
     p_value = chi_square_p_value(counts, dist, SAMPLES)
     assert p_value > 0.001, (p_value, counts)
 

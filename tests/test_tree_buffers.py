@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ppdecode.tree.buffers import build_buffers
+from ppdecode.tree.buffers import build_buffers, rank0_reach
 from ppdecode.tree.spec import TreeNode, TreeSpec
 
 # depth-2 tree: root(2 slots) -> (0)[2 slots] -> (0,0)[1 slot], (0,1)[0]; (1)[0]
@@ -103,3 +103,32 @@ def test_buffers_are_cached() -> None:
 def test_depth_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match="depth"):
         build_buffers(SPEC, 3)
+
+
+def test_a_lookup_chain_hangs_under_the_rank0_path_after_the_tree_nodes() -> None:
+    assert rank0_reach(SPEC, 2) == 2 and rank0_reach(SPEC, 1) == 1 and rank0_reach(SPEC, 0) == 0
+    plain = build_buffers(SPEC, 2)
+    b = build_buffers(SPEC, 2, chain_at=2, chain_length=3)
+    # token inputs: root, (0), (1), (0,0), (0,1), then the chain 5 -> 6 -> 7 under (0,0); slots after
+    assert b.num_nodes == 4 + 3 and b.num_inputs == plain.num_inputs + 3 and b.chain_length == 3
+    assert b.parent.tolist() == [0, 0, 0, 1, 1, 3, 5, 6]
+    assert b.candidate_index.tolist() == plain.candidate_index.tolist()  # the chain takes no candidates
+    assert b.position_offsets[5:8].tolist() == [3, 4, 5]
+    assert b.attend[7].nonzero().flatten().tolist() == [0, 1, 3, 5, 6, 7]
+    assert b.node_slots[5:8] == (0, 0, 0)
+    assert sorted(b.path_rows) == [(1, 3, 5, 6, 7), (1, 4), (2,)]
+    # the slots moved by three inputs but still see their owner's ancestors
+    assert b.slot_inputs[3, 0, 0] == plain.slot_inputs[3, 0, 0] + 3
+    assert b.attend[int(b.slot_inputs[3, 0, 0])].nonzero().flatten().tolist() == [0, 1, 3, 12]
+
+
+def test_a_chain_from_the_root_at_depth_zero() -> None:
+    b = build_buffers(SPEC, 0, chain_at=0, chain_length=2)
+    assert b.num_nodes == 2 and b.num_inputs == 3 + 2
+    assert b.parent.tolist() == [0, 0, 1] and b.children[0] == (1,)
+    assert b.position_offsets.tolist() == [0, 1, 2, 1, 2]  # chain at depths 1, 2; root slots at 1, 2
+
+
+def test_a_chain_off_the_rank0_path_is_refused() -> None:
+    with pytest.raises(ValueError, match="lookup chain"):
+        build_buffers(SPEC, 1, chain_at=2, chain_length=1)

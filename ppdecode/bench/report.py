@@ -2,20 +2,24 @@
 
 The summary is self-contained: the config, the environment, what each method adds, the per-group
 metrics ({category | "overall": {method: MethodSummary}}), and the memory section. Tables are
-rendered from the summary alone, so ``ppd bench --show summary.json`` can print an old run again.
+rendered from the summary alone, so ``ppd bench --show summary.json`` can print an old run again;
+``pooled_summary`` re-summarises the records of several runs (say the built-in set and HumanEval)
+as one, optionally restricted to some categories.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 
-from ppdecode.bench.metrics import OVERALL, MethodSummary, Record
+from ppdecode.bench.metrics import OVERALL, MethodSummary, Record, summarise
 
 
 def build_summary(
@@ -37,6 +41,36 @@ def build_summary(
         },
         "memory": memory,
     }
+
+
+def pooled_summary(runs: Sequence[Path], categories: Sequence[str] = ()) -> dict[str, Any]:
+    """One summary over the records of several runs (directories with records.jsonl and summary.json).
+
+    Config, environment, methods and memory are the first run's; the groups are recomputed from the
+    pooled records, kept to ``categories`` when given, against the first run's baseline.
+    """
+    if not runs:
+        raise ValueError("give at least one benchmark run directory")
+    records: list[Record] = []
+    for run in runs:
+        path = run / "records.jsonl"
+        if not path.is_file():
+            raise ValueError(f"{run}: no records.jsonl; give the output directory of a `ppd bench` run")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(Record.from_json(json.loads(line)))
+                except (json.JSONDecodeError, TypeError, KeyError) as err:
+                    raise ValueError(f"{path}:{number}: not a benchmark record ({err})") from None
+    first = json.loads((runs[0] / "summary.json").read_text(encoding="utf-8"))
+    if categories:
+        present = list(dict.fromkeys(r.category for r in records))
+        unknown = [c for c in categories if c not in present]
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; these runs have: {', '.join(present)}")
+        records = [r for r in records if r.category in categories]
+    groups = summarise(records, first["baseline"])
+    return {**first, "groups": {g: {m: s.to_json() for m, s in by.items()} for g, by in groups.items()}}
 
 
 def _rss(records: Sequence[Record]) -> dict[str, Any]:

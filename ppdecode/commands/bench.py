@@ -91,16 +91,26 @@ def bench(
         bool, typer.Option("--quick", help="8 questions × 64 tokens × the default methods.")
     ] = False,
     show: Annotated[
-        Path | None, typer.Option(help="Print the tables of an earlier summary.json and exit.")
+        list[Path] | None,
+        typer.Option(
+            help="Print the tables of an earlier run (its summary.json or directory) and exit; several "
+            "runs, or --categories, pool their records into one table."
+        ),
     ] = None,
 ) -> None:
     """Benchmark PPD against vanilla decoding, transformers greedy, prompt lookup and assisted generation."""
-    if show is not None:
-        from ppdecode.bench.report import tables
+    if show:
+        from ppdecode.bench.report import pooled_summary, tables
 
-        if not show.is_file():
-            raise ValueError(f"--show {show}: no such summary file")
-        console.print(tables(json.loads(show.read_text())))
+        runs = [path.parent if path.is_file() else path for path in show]
+        missing = [str(run) for run in runs if not (run / "summary.json").is_file()]
+        if missing:
+            raise ValueError(f"--show: no summary.json in {', '.join(missing)}")
+        wanted = _split(categories)
+        if len(runs) == 1 and not wanted:
+            console.print(tables(json.loads((runs[0] / "summary.json").read_text())))
+        else:
+            console.print(tables(pooled_summary(runs, wanted)))
         return
     from ppdecode.bench.runner import BenchConfig, run_bench
 

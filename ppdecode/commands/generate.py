@@ -40,6 +40,10 @@ def generate(
     no_lookup: Annotated[
         bool, typer.Option("--no-lookup", help="Prompt tokens' guesses only, without prompt lookup.")
     ] = False,
+    lookup_chain: Annotated[
+        int,
+        typer.Option(help="Copied tokens prompt lookup may verify past the tree per step (0 = none)."),
+    ] = GenerationConfig.lookup_chain,
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of streaming.")
@@ -59,6 +63,7 @@ def generate(
         chat=not raw,
         use_ppd=not no_ppd,
         lookup=not no_lookup,
+        lookup_chain=lookup_chain,
     )
     engine = load(
         model, prompt_tokens=None if no_ppd else prompt_tokens, tree=tree, device=device, dtype=dtype

@@ -1,7 +1,15 @@
-"""Proposers: where the candidate tokens of a tree step come from."""
+"""Proposers: where the guesses of a tree step come from."""
 
-from ppdecode.proposers.base import Proposer
-from ppdecode.proposers.lookup import LookupProposer, lookup_continuation
+from ppdecode.proposers.base import Proposal, Proposer
+from ppdecode.proposers.lookup import LookupMatch, LookupProposer, lookup_continuation, lookup_match
 from ppdecode.proposers.ppd import PromptTokenProposer
 
-__all__ = ["LookupProposer", "PromptTokenProposer", "Proposer", "lookup_continuation"]
+__all__ = [
+    "LookupMatch",
+    "LookupProposer",
+    "PromptTokenProposer",
+    "Proposal",
+    "Proposer",
+    "lookup_continuation",
+    "lookup_match",
+]

@@ -1,18 +1,34 @@
-"""The proposer protocol: candidates for the nodes of a tree step."""
+"""The proposer protocol: the guesses of a tree step."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 
-class Proposer(Protocol):
-    def candidates(self, prompt_logits: torch.Tensor, top_k: int, history: list[int]) -> torch.Tensor:
-        """Candidate tokens per depth, best first, distinct within a depth.
+@dataclass(frozen=True)
+class Proposal:
+    """The guesses of one step.
 
-        prompt_logits: [D, vocab] logits of the D prompt slots of the last accepted node;
-        history: the prompt's tokens and the tokens committed so far, the current root last
-        (candidates at depth i guess the token at ``len(history) + i - 1``). Returns [D, top_k] token ids.
+    candidates: [D, top_k] token ids per depth, best first, distinct within a depth; None without
+    prompt distributions (D = 0). continuation: one guessed continuation from depth 1 on (prompt
+    lookup), possibly reaching past depth D; where it is within D, it is the candidates' rank 0.
+    """
+
+    candidates: torch.Tensor | None
+    continuation: tuple[int, ...] = ()
+
+
+class Proposer(Protocol):
+    def propose(
+        self, prompt_logits: torch.Tensor | None, top_k: int, history: list[int], reach: int
+    ) -> Proposal:
+        """Guesses after ``history`` (the prompt and the tokens committed so far, the current root last).
+
+        prompt_logits: [D, vocab] logits of the D prompt slots of the last accepted node, or None;
+        candidates at depth i guess the token at ``len(history) + i - 1``; ``reach`` bounds the
+        continuation's length.
         """
         ...

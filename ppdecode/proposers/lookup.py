@@ -4,26 +4,35 @@ Answers often repeat their input (code, translation, summaries, rewrites). When 
 tokens of the history (prompt + committed tokens, the root last) occurred earlier, the tokens that
 followed that earlier occurrence become the rank-0 candidate of each depth, and the prompt tokens'
 own candidates move one rank down (a duplicate is moved, not repeated, so siblings stay distinct and
-lossless sampling stays exact). The tree and the step's inputs are unchanged: the lookup costs no
-forward work, only a scan of the history.
+lossless sampling stays exact). When the match is long enough to trust (``chain_ngram`` tokens), the
+copied continuation may also reach past the tree: the engine verifies the rest as a *lookup chain*
+under the tree's rank-0 path, so a step can commit more tokens than there are prompt tokens.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ppdecode.proposers.base import Proposer
+from ppdecode.proposers.base import Proposal, Proposer
 
 
-def lookup_continuation(history: list[int], length: int, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
+@dataclass(frozen=True)
+class LookupMatch:
+    ngram: int  # length of the matched n-gram (0: no match)
+    continuation: list[int]  # what followed its latest earlier occurrence
+
+
+def lookup_match(history: list[int], length: int, max_ngram: int = 3, min_ngram: int = 1) -> LookupMatch:
     """Up to ``length`` tokens that followed the latest earlier occurrence of the history's last n-gram.
 
     The longest n from ``max_ngram`` down to ``min_ngram`` with an earlier occurrence wins; among
-    occurrences of that n-gram, the latest one. Returns [] when nothing matches.
+    occurrences of that n-gram, the latest one.
     """
     end = len(history)
-    if end < 2:
-        return []
+    if end < 2 or length < 1:
+        return LookupMatch(0, [])
     last = history[-1]
     # earlier occurrences of the last token, latest first (the final position is the pattern itself)
     occurrences = [i for i in range(end - 2, -1, -1) if history[i] == last]
@@ -31,27 +40,44 @@ def lookup_continuation(history: list[int], length: int, max_ngram: int = 3, min
         pattern = history[end - n :]
         for i in occurrences:
             if i >= n - 1 and history[i - n + 1 : i + 1] == pattern:
-                return history[i + 1 : i + 1 + length]
-    return []
+                return LookupMatch(n, history[i + 1 : i + 1 + length])
+    return LookupMatch(0, [])
+
+
+def lookup_continuation(history: list[int], length: int, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
+    """The continuation of ``lookup_match`` alone ([] when nothing matches)."""
+    return lookup_match(history, length, max_ngram, min_ngram).continuation
 
 
 class LookupProposer:
-    """Wraps a proposer: the lookup continuation becomes rank 0 at each depth it reaches."""
+    """Wraps a proposer: the lookup continuation becomes rank 0 at each depth it reaches.
 
-    def __init__(self, inner: Proposer, max_ngram: int = 3, min_ngram: int = 1) -> None:
+    The continuation goes past the inner proposer's depth only for a match of at least
+    ``chain_ngram`` tokens: shorter matches are too often chance repeats to pay for extra inputs.
+    """
+
+    def __init__(self, inner: Proposer, max_ngram: int = 3, min_ngram: int = 1, chain_ngram: int = 2) -> None:
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram} and {max_ngram}")
+        if chain_ngram < 1:
+            raise ValueError(f"chain_ngram must be >= 1, got {chain_ngram}")
         self.inner = inner
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
+        self.chain_ngram = chain_ngram
 
-    def candidates(self, prompt_logits: torch.Tensor, top_k: int, history: list[int]) -> torch.Tensor:
-        candidates = self.inner.candidates(prompt_logits, top_k, history)  # [D, K]
-        copied = lookup_continuation(history, candidates.shape[0], self.max_ngram, self.min_ngram)
-        if not copied:
-            return candidates
+    def propose(
+        self, prompt_logits: torch.Tensor | None, top_k: int, history: list[int], reach: int
+    ) -> Proposal:
+        candidates = self.inner.propose(prompt_logits, top_k, history, reach).candidates  # [D, K]
+        depth = 0 if candidates is None else candidates.shape[0]
+        match = lookup_match(history, max(reach, depth), self.max_ngram, self.min_ngram)
+        copied = match.continuation if match.ngram >= self.chain_ngram else match.continuation[:depth]
+        if not copied or candidates is None:
+            return Proposal(candidates, tuple(copied))
         rows = candidates.tolist()
-        for depth, token in enumerate(copied):
-            row = rows[depth]
-            rows[depth] = [token, *(t for t in row if t != token)][:top_k]
-        return torch.tensor(rows, dtype=candidates.dtype, device=candidates.device)
+        for i, token in enumerate(copied[:depth]):
+            row = rows[i]
+            rows[i] = [token, *(t for t in row if t != token)][:top_k]
+        ranked = torch.tensor(rows, dtype=candidates.dtype, device=candidates.device)
+        return Proposal(ranked, tuple(copied))

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from ppdecode.proposers.base import Proposal
+
 
 class PromptTokenProposer:
-    def candidates(self, prompt_logits: torch.Tensor, top_k: int, history: list[int]) -> torch.Tensor:
-        return prompt_logits.topk(top_k, dim=-1).indices  # [D, top_k]
+    def propose(
+        self, prompt_logits: torch.Tensor | None, top_k: int, history: list[int], reach: int
+    ) -> Proposal:
+        if prompt_logits is None:
+            return Proposal(None)
+        return Proposal(prompt_logits.topk(top_k, dim=-1).indices)  # [D, top_k]

@@ -2,12 +2,15 @@
 
 Input layout of a step (``num_inputs`` = T):
 
-    [ root | candidate nodes (sorted by depth, then ranks) | prompt slots, grouped by owner ]
-      0      1 .. num_nodes                                  1 + num_nodes .. T - 1
+    [ root | candidate nodes (sorted by depth, then ranks) | chain | prompt slots, grouped by owner ]
+      0      1 .. num_nodes - chain_length                          1 + num_nodes .. T - 1
 
 "Token inputs" are the root and the candidate nodes (indices 0..num_nodes); they carry token
-embeddings. Slot inputs carry the trained embedding of prompt token k (``slot_prompt_index``) and
-ensemble member e (``slot_member``); with V ensemble members a slot is V inputs whose logits are averaged.
+embeddings. An optional *lookup chain* of ``chain_length`` nodes hangs under the rank-0 node at depth
+``chain_at`` (the root when 0): guesses copied by prompt lookup that reach past the tree. Its nodes
+carry no slots and take their tokens from the lookup, not from the candidates.
+Slot inputs carry the trained embedding of prompt token k (``slot_prompt_index``) and ensemble
+member e (``slot_member``); with V ensemble members a slot is V inputs whose logits are averaged.
 Attention inside the tree (METHOD §3): a node sees its ancestors and itself; slot j of node c sees c's
 ancestors, c, and slots 1..j of c (of its own ensemble member). Everything sees the committed cache.
 """
@@ -27,7 +30,7 @@ class TreeBuffers:
     """Everything static about one step at one depth. Index tensors are int64 on the CPU."""
 
     depth: int
-    num_nodes: int  # candidate nodes, root excluded
+    num_nodes: int  # candidate nodes, root excluded, chain included
     num_inputs: int  # T = 1 + num_nodes + number of slots
     candidate_index: torch.Tensor  # [num_nodes] index into the flattened candidates [depth * max_top_k]
     slot_prompt_index: torch.Tensor  # [num_slot_inputs] which prompt token (0..N-1) a slot input embeds
@@ -42,6 +45,8 @@ class TreeBuffers:
     )  # [1 + num_nodes, N, V] input index of slot j, member e of a token input; -1: none
     node_slots: tuple[int, ...]  # [1 + num_nodes] number of slots of each token input
     children: tuple[tuple[int, ...], ...]  # [1 + num_nodes] child input indices in rank order
+    chain_at: int = 0  # depth of the rank-0 node the lookup chain hangs under
+    chain_length: int = 0  # chain nodes: the last ``chain_length`` candidate nodes
 
     def to(self, device: torch.device) -> TreeBuffers:
         """The same buffers with every tensor on ``device`` (done once per engine, not per step)."""
@@ -53,15 +58,38 @@ class TreeBuffers:
         return replace(self, **moved)
 
 
-@lru_cache(maxsize=64)
-def build_buffers(spec: TreeSpec, depth: int, ensemble: int = 1) -> TreeBuffers:
-    """Build the buffers of the tree used when ``depth`` prompt distributions are available."""
+CHAIN_RANK = -1  # the rank in a chain node's path: chain nodes follow the lookup, not a ranking
+
+
+def rank0_reach(spec: TreeSpec, depth: int) -> int:
+    """Depth of the deepest node of the tree's rank-0 path (0, 0, ...) at this depth (0: the root)."""
+    paths = {node.path for node in spec.tree(depth)}
+    reach = 0
+    while (0,) * (reach + 1) in paths:
+        reach += 1
+    return reach
+
+
+@lru_cache(maxsize=256)
+def build_buffers(
+    spec: TreeSpec, depth: int, ensemble: int = 1, chain_at: int = 0, chain_length: int = 0
+) -> TreeBuffers:
+    """Build the buffers of the tree used when ``depth`` prompt distributions are available.
+
+    ``chain_length`` > 0 adds a lookup chain under the rank-0 node at depth ``chain_at``.
+    """
     if not 0 <= depth <= spec.num_prompt_tokens:
         raise ValueError(f"depth must be in 0..{spec.num_prompt_tokens}, got {depth}")
+    if chain_length < 0 or not 0 <= chain_at <= rank0_reach(spec, depth):
+        raise ValueError(
+            f"a lookup chain hangs under a rank-0 node at depth 0..{rank0_reach(spec, depth)} "
+            f"and has a length >= 0; got depth {chain_at}, length {chain_length}"
+        )
     n = spec.num_prompt_tokens
     nodes = sorted(spec.tree(depth), key=lambda node: (len(node.path), node.path))
-    paths: list[tuple[int, ...]] = [()] + [node.path for node in nodes]
-    slots: list[int] = [spec.root_slots] + [node.slots for node in nodes]
+    chain = [(0,) * chain_at + (CHAIN_RANK,) * i for i in range(1, chain_length + 1)]
+    paths: list[tuple[int, ...]] = [()] + [node.path for node in nodes] + chain
+    slots: list[int] = [spec.root_slots] + [node.slots for node in nodes] + [0] * chain_length
     token_index = {path: i for i, path in enumerate(paths)}
     num_tokens = len(paths)
 
@@ -103,10 +131,11 @@ def build_buffers(spec: TreeSpec, depth: int, ensemble: int = 1) -> TreeBuffers:
 
     k_max = spec.max_top_k
     candidate_index = torch.tensor(
-        [(len(path) - 1) * k_max + path[-1] for path in paths[1:]], dtype=torch.long
+        [(len(path) - 1) * k_max + path[-1] for path in paths[1 : len(paths) - chain_length]],
+        dtype=torch.long,
     )
     leaves = [i for i in range(1, num_tokens) if not children[i]]
-    width = max(depth, 1)
+    width = max(depth, chain_at + chain_length, 1)
     path_rows = [ancestors[leaf][1:] + [num_inputs] * (width - len(paths[leaf])) for leaf in leaves]
     return TreeBuffers(
         depth=depth,
@@ -123,4 +152,6 @@ def build_buffers(spec: TreeSpec, depth: int, ensemble: int = 1) -> TreeBuffers:
         slot_inputs=slot_inputs,
         node_slots=tuple(slots),
         children=tuple(tuple(c) for c in children),
+        chain_at=chain_at,
+        chain_length=chain_length,
     )
