@@ -31,7 +31,9 @@ class GenerationConfig:
     chat: bool = True  # apply the chat template when the model has one; False = raw completion
     use_ppd: bool = True
     lookup: bool = True  # prompt lookup joins the prompt tokens' guesses (rank 0 where the history repeats)
-    lookup_chain: int = 4  # copied tokens prompt lookup may verify past the tree per step (0 = none)
+    # inputs a lookup chain (copied tokens verified past the tree) may add to the tree's largest step;
+    # steps with a smaller tree get their difference too (0 = no chain)
+    lookup_chain: int = 4
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

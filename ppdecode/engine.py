@@ -150,6 +150,8 @@ class Engine:
                 for depth in range(tree.num_prompt_tokens + 1)
             ]
             self.rank0_reach = [rank0_reach(tree, depth) for depth in range(tree.num_prompt_tokens + 1)]
+        # The largest step the tree feeds: a lookup chain may fill any step up to this plus lookup_chain.
+        self.max_tree_inputs = max((b.num_inputs for b in self.tree_buffers), default=1)
 
     # ---- public API ---------------------------------------------------------------------------
     def encode(self, prompt: Prompt, chat: bool = True) -> list[int]:
@@ -289,7 +291,10 @@ class Engine:
         cache_length = cache.length
         depth = 0 if prompt_logits is None else prompt_logits.shape[0]
         candidates, chain_at, chain = None, 0, list[int]()
-        chain_room = config.lookup_chain if config.lookup else 0
+        chain_room = 0
+        if config.lookup and config.lookup_chain and self.tree_buffers:
+            # a step with a smaller tree (after a chain, or at depth 0) has room for a longer copy
+            chain_room = config.lookup_chain + self.max_tree_inputs - self.tree_buffers[depth].num_inputs
         if use_ppd and (depth or chain_room):
             assert self.tree is not None
             reach = depth + chain_room

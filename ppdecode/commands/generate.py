@@ -42,7 +42,10 @@ def generate(
     ] = False,
     lookup_chain: Annotated[
         int,
-        typer.Option(help="Copied tokens prompt lookup may verify past the tree per step (0 = none)."),
+        typer.Option(
+            help="Inputs a lookup chain (copied tokens verified past the tree) may add to the largest "
+            "tree step (0 = no chain)."
+        ),
     ] = GenerationConfig.lookup_chain,
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")] = False,
     as_json: Annotated[
