@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,26 @@ def load_prompt_set(spec: str) -> list[BenchPrompt]:
     return read_question_file(path)
 
 
+class _Categorised(Protocol):
+    @property
+    def category(self) -> str: ...
+
+
+Item = TypeVar("Item", bound=_Categorised)
+
+
+def keep_categories(items: Sequence[Item], categories: Iterable[str] | None, where: str) -> list[Item]:
+    """The items of the given categories (all of them when none are given); unknown ones are refused."""
+    wanted = list(dict.fromkeys(categories or ()))
+    if not wanted:
+        return list(items)
+    present = list(dict.fromkeys(item.category for item in items))
+    unknown = [c for c in wanted if c not in present]
+    if unknown:
+        raise ValueError(f"unknown categories {unknown}; {where} has: {', '.join(present)}")
+    return [item for item in items if item.category in wanted]
+
+
 def select(
     prompts: Sequence[BenchPrompt], categories: Iterable[str] | None = None, limit: int | None = None
 ) -> list[BenchPrompt]:
@@ -175,13 +195,7 @@ def select(
     The balanced pick goes round-robin over the categories in file order, taking each category's prompts
     in file order, so a small limit still covers every category.
     """
-    wanted = list(dict.fromkeys(categories or ()))
-    if wanted:
-        present = list(dict.fromkeys(p.category for p in prompts))
-        unknown = [c for c in wanted if c not in present]
-        if unknown:
-            raise ValueError(f"unknown categories {unknown}; this prompt set has: {', '.join(present)}")
-        prompts = [p for p in prompts if p.category in wanted]
+    prompts = keep_categories(prompts, categories, "this prompt set")
     if limit is None or limit >= len(prompts):
         return list(prompts)
     if limit < 1:

@@ -20,6 +20,7 @@ from rich.console import Group
 from rich.table import Table
 
 from ppdecode.bench.metrics import OVERALL, MethodSummary, Record, summarise
+from ppdecode.bench.prompts import keep_categories
 
 
 def build_summary(
@@ -63,12 +64,7 @@ def pooled_summary(runs: Sequence[Path], categories: Sequence[str] = ()) -> dict
                 except (json.JSONDecodeError, TypeError, KeyError) as err:
                     raise ValueError(f"{path}:{number}: not a benchmark record ({err})") from None
     first = json.loads((runs[0] / "summary.json").read_text(encoding="utf-8"))
-    if categories:
-        present = list(dict.fromkeys(r.category for r in records))
-        unknown = [c for c in categories if c not in present]
-        if unknown:
-            raise ValueError(f"unknown categories {unknown}; these runs have: {', '.join(present)}")
-        records = [r for r in records if r.category in categories]
+    records = keep_categories(records, categories, "these runs")
     groups = summarise(records, first["baseline"])
     return {**first, "groups": {g: {m: s.to_json() for m, s in by.items()} for g, by in groups.items()}}
 
