@@ -32,13 +32,15 @@ class TreeBuffers:
     depth: int
     num_nodes: int  # candidate nodes, root excluded, chain included
     num_inputs: int  # T = 1 + num_nodes + number of slots
-    candidate_index: torch.Tensor  # [num_nodes] index into the flattened candidates [depth * max_top_k]
+    # [num_nodes - chain_length] index of each tree node into the flattened candidates [depth * max_top_k]
+    candidate_index: torch.Tensor
     slot_prompt_index: torch.Tensor  # [num_slot_inputs] which prompt token (0..N-1) a slot input embeds
     slot_member: torch.Tensor  # [num_slot_inputs] which ensemble member (0..V-1) a slot input embeds
     position_offsets: torch.Tensor  # [T] offset from the committed length: node depth, + j for slot j
     attend: torch.Tensor  # [T, T] bool, True where row may attend to column
     parent: torch.Tensor  # [1 + num_nodes] input index of each token input's parent (root: 0)
-    paths: torch.Tensor  # [num_paths, max(depth, 1)] node input indices root-to-leaf, padded with T
+    # [num_paths, max(depth, chain_at + chain_length, 1)] node input indices root-to-leaf, padded with T
+    paths: torch.Tensor
     path_rows: tuple[tuple[int, ...], ...]  # the same paths on the host, unpadded
     slot_inputs: (
         torch.Tensor
