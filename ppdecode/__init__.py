@@ -9,15 +9,20 @@ result = engine.generate("Write a haiku", temperature=0.0)
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ppdecode.embedded import DEFAULT_MODEL
 
-from ppdecode.config import AcceptMode, GenerationConfig
-from ppdecode.engine import Engine, GenerationResult, GenerationStats, StreamChunk
-from ppdecode.models import DEFAULT_MODEL, LoadedModel, load_model
-from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
-from ppdecode.tree.spec import TreeSpec
+if TYPE_CHECKING:
+    import torch
+
+    from ppdecode.config import AcceptMode, GenerationConfig
+    from ppdecode.engine import Engine, GenerationResult, GenerationStats, StreamChunk
+    from ppdecode.models import LoadedModel, load_model
+    from ppdecode.prompt_tokens import PromptTokens
+    from ppdecode.tree.spec import TreeSpec
 
 __all__ = [
     "AcceptMode",
@@ -33,6 +38,33 @@ __all__ = [
     "load_model",
 ]
 
+# Public names and their modules, imported on first use (PEP 562): `import ppdecode` and the `ppd`
+# command line (its --help) stay free of torch and transformers until a model is needed.
+_LAZY = {
+    "AcceptMode": "ppdecode.config",
+    "GenerationConfig": "ppdecode.config",
+    "Engine": "ppdecode.engine",
+    "GenerationResult": "ppdecode.engine",
+    "GenerationStats": "ppdecode.engine",
+    "StreamChunk": "ppdecode.engine",
+    "LoadedModel": "ppdecode.models",
+    "load_model": "ppdecode.models",
+    "PromptTokens": "ppdecode.prompt_tokens",
+    "TreeSpec": "ppdecode.tree.spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 def load(
     model: str = DEFAULT_MODEL,
@@ -41,14 +73,19 @@ def load(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     tune: bool = True,
+    **engine_options: Any,
 ) -> Engine:
     """An engine for ``model`` with its prompt tokens (``"default"``: the shipped ones; None: vanilla).
 
     ``tree="auto"`` takes the tree tuned for this device (a stored hardware profile, else the tree
     shipped for this model and device type, else a quick tune unless ``tune=False``); any other value
-    is a tree JSON path, a packaged tree name or a hardware profile.
+    is a tree JSON path, a packaged tree name or a hardware profile. ``engine_options`` go to
+    ``Engine`` (``max_batch``, ``max_length``, ``cache_memory``, ``prefill_chunk``).
     """
-    from ppdecode.tune.resolve import resolve_tree
+    from ppdecode.engine import Engine
+    from ppdecode.models import load_model
+    from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
+    from ppdecode.tune.resolve import resolve_trees
 
     base = load_model(model, device=device, dtype=dtype)
     tokens = None
@@ -57,5 +94,5 @@ def load(
     elif prompt_tokens is not None:
         tokens = PromptTokens.load(prompt_tokens, base)
     if tokens is None:
-        return Engine(base)
-    return Engine(base, tokens, resolve_tree(base, tokens, tree, allow_tune=tune))
+        return Engine(base, **engine_options)
+    return Engine(base, tokens, resolve_trees(base, tokens, tree, allow_tune=tune), **engine_options)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 
 class AcceptMode(str, enum.Enum):
@@ -47,14 +48,49 @@ class GenerationConfig:
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         self.accept = AcceptMode(self.accept)
-        if self.accept is AcceptMode.AUTO:
-            self.accept = AcceptMode.GREEDY if self.temperature == 0 else AcceptMode.LOSSLESS
-        if self.accept is not AcceptMode.GREEDY and self.temperature == 0:
-            raise ValueError(
-                f"accept={self.accept.value} needs temperature > 0; use temperature 0 for greedy"
-            )
-        if self.accept is AcceptMode.GREEDY and self.temperature > 0:
+        mode = self.accept_mode
+        if mode is not AcceptMode.GREEDY and self.temperature == 0:
+            raise ValueError(f"accept={mode.value} needs temperature > 0; use temperature 0 for greedy")
+        if mode is AcceptMode.GREEDY and self.temperature > 0:
             raise ValueError("accept=greedy ignores temperature; set temperature 0 or accept=lossless")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(s for s in self.stop if s)
+
+    @property
+    def accept_mode(self) -> AcceptMode:
+        """The rule in force: AUTO is greedy at temperature 0 and lossless sampling above it.
+
+        AUTO stays AUTO in the config, so an override of the temperature changes the rule with it.
+        """
+        if self.accept is AcceptMode.AUTO:
+            return AcceptMode.GREEDY if self.temperature == 0 else AcceptMode.LOSSLESS
+        return self.accept
+
+    def updated(self, **overrides: Any) -> GenerationConfig:
+        """A copy with some settings changed; ``transformers`` names are understood too.
+
+        ``do_sample=False`` means temperature 0; ``do_sample=True`` samples (temperature 1 unless
+        given); ``stop_strings`` is ``stop``. An unknown name is refused with the list of valid ones.
+        """
+        names = {f.name for f in fields(self)}
+        changes = dict(overrides)
+        for alias, name in HF_ALIASES.items():
+            if alias in changes:
+                changes[name] = changes.pop(alias)
+        do_sample = changes.pop("do_sample", None)
+        if do_sample is False:
+            changes["temperature"] = 0.0
+        elif do_sample and changes.get("temperature", self.temperature) == 0:
+            changes["temperature"] = 1.0
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            valid = ", ".join(sorted(names | set(HF_ALIASES) | {"do_sample"}))
+            raise ValueError(f"unknown generation setting(s) {', '.join(unknown)}; valid names: {valid}")
+        if isinstance(changes.get("stop"), list):
+            changes["stop"] = tuple(changes["stop"])
+        return replace(self, **changes) if changes else self
+
+
+# transformers' generation names that mean the same as ours
+HF_ALIASES = {"stop_strings": "stop"}

@@ -1,159 +1,213 @@
-"""The decoding loop (METHOD §3): prefill, then propose → verify → commit, one forward per step.
+"""The decoding engine (METHOD §3, §8): many requests, one forward per step, each row with its own tree.
 
-Each step feeds the model [root | candidate nodes | prompt slots] of the tree for the current depth,
-verifies the candidates against the model's own predictions, commits the root and the accepted
-nodes to the cache, and takes the next root (the bonus token) and the next prompt distributions
-from the last accepted node. The prefill is the same step at depth 0 with the context in front.
+A step plans every running row (propose: the tree for its depth, filled with its guesses), runs one
+batched forward, verifies each row, and commits its root and accepted nodes to the cache; the last
+accepted node's logits give the row's next root (the bonus token) and its prompt slots the next
+candidates. A request joins with its prefill (the same step at depth 0 with the context in front,
+chunked so that a long prompt does not stall the batch) and leaves when it is done: continuous
+batching. Vanilla decoding is the root-only tree without prompt slots, on the same code path.
+
+Running rows occupy cache rows 0..n-1 (a request that leaves is replaced by the last row), so a
+step's forward reads one contiguous block of the cache; a request in prefill sits at row n.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from collections import deque
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from ppdecode.cache import KVCache
-from ppdecode.config import AcceptMode, GenerationConfig
-from ppdecode.forward import ModelRunner, step_attend
+from ppdecode.cache import KVCache, bytes_per_token
+from ppdecode.config import GenerationConfig
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens
 from ppdecode.proposers import LookupProposer, PromptTokenProposer, Proposal, Proposer
-from ppdecode.text import TextStream
-from ppdecode.tree.buffers import TreeBuffers, build_buffers, rank0_reach
+from ppdecode.request import (
+    LOOKUP,
+    MODEL,
+    PPD,
+    GenerationResult,
+    GenerationStats,
+    Request,
+    RequestOutput,
+    StreamChunk,
+)
+from ppdecode.step import RowPlan, build_inputs, run_forward
+from ppdecode.tree.buffers import CHAIN_RANK, TreeBuffers, TreeSteps, build_buffers
 from ppdecode.tree.spec import TreeNode, TreeSpec
-from ppdecode.verify import Verdict, verify_greedy, verify_lossless, verify_typical
+from ppdecode.verify import batch_verdicts
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "Engine",
+    "GenerationResult",
+    "GenerationStats",
+    "GenerationStream",
+    "RequestOutput",
+    "StreamChunk",
+]
+
 # Vanilla decoding is the root-only tree without prompt slots: one token in, one token out.
 VANILLA_TREE = TreeSpec(num_prompt_tokens=1, top_k=(1,), trees=((TreeNode((0,), 0),),), root_slots=0)
+VANILLA = build_buffers(VANILLA_TREE, 0)
+MAX_STEP_INPUTS = 64  # a decode step's inputs per row; the cache keeps this much room past max_length
+DEFAULT_CACHE_MEMORY = 2 * 1024**3  # bytes the KV cache may take unless told otherwise
 
 Prompt = str | list[dict[str, str]]
+TreeChoice = TreeSpec | Mapping[int, TreeSpec | None]  # one tree, or one per batch size (None: vanilla)
 
 
-@dataclass
-class GenerationStats:
-    """What one generation cost and bought. τ counts the bonus token: vanilla decoding has τ = 1."""
+class GenerationStream:
+    """Iterates over a generation's chunks; ``result`` holds the totals (partial if stopped early)."""
 
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    steps: int = 0  # forward passes after the prefill
-    accept_lengths: list[int] = field(default_factory=list)  # τ of each step
-    prefill_s: float = 0.0
-    total_s: float = 0.0
-    forward_s: float = 0.0  # inside the model's forward (prefill included)
+    def __init__(self, engine: Engine, request_id: str) -> None:
+        self._engine = engine
+        self.request_id = request_id
+        self._result: GenerationResult | None = None
+        self._chunks = self._run()
+
+    def _run(self) -> Generator[StreamChunk, None, None]:
+        engine, rid = self._engine, self.request_id
+        try:
+            while self._result is None:
+                for out in engine.step():
+                    if out.request_id == rid:
+                        self._result = out.result
+                        yield out.chunk
+        finally:
+            if self._result is None:  # the caller stopped reading: free the row now
+                self._result = engine._drop(rid)
+
+    def __iter__(self) -> Iterator[StreamChunk]:
+        return self._chunks
+
+    def __next__(self) -> StreamChunk:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
 
     @property
-    def tau(self) -> float:
-        return sum(self.accept_lengths) / len(self.accept_lengths) if self.accept_lengths else 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
-
-    @property
-    def overhead_share(self) -> float:
-        """Share of the decode time (prefill excluded) spent outside the model's forward."""
-        decode = self.total_s - self.prefill_s
-        forward = self.forward_s - self._prefill_forward_s
-        return max(0.0, decode - forward) / decode if decode > 0 else 0.0
-
-    _prefill_forward_s: float = 0.0
-
-    def histogram(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for length in self.accept_lengths:
-            counts[length] = counts.get(length, 0) + 1
-        return dict(sorted(counts.items()))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "new_tokens": self.new_tokens,
-            "steps": self.steps,
-            "accept_lengths": self.accept_lengths,
-            "tau": self.tau,
-            "tau_histogram": self.histogram(),
-            "tokens_per_s": self.tokens_per_s,
-            "prefill_s": self.prefill_s,
-            "total_s": self.total_s,
-            "forward_s": self.forward_s,
-            "overhead_share": self.overhead_share,
-        }
-
-
-@dataclass
-class StreamChunk:
-    text: str
-    token_ids: list[int]  # tokens committed by this step (after max_new_tokens / EOS truncation)
-    accept_length: int  # τ of the step (0 for the prefill)
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    token_ids: list[int]
-    stats: GenerationStats
-    finish_reason: str  # "eos", "stop", "length" (max_new_tokens) or "context" (context full)
-
-
-@dataclass
-class _StepResult:
-    verdict: Verdict
-    prompt_logits: torch.Tensor | None  # [n_slots, vocab] of the last accepted node (None: vanilla)
+    def result(self) -> GenerationResult:
+        if self._result is None:
+            raise ValueError("the generation is still running: read the stream to its end (or close it)")
+        return self._result
 
 
 class Engine:
-    """Decodes with one base model, its prompt tokens and a tree spec; ``prompt_tokens=None`` = vanilla."""
+    """Decodes with one base model, its prompt tokens and tree(s); ``prompt_tokens=None`` = vanilla.
+
+    ``tree`` is one tree spec, or a mapping from batch size to the spec used from that many active
+    rows on (None there: vanilla decoding, where trees stop paying). ``max_batch`` rows decode at
+    once; more requests wait. The KV cache (``max_batch`` × ``max_length``) is allocated on first
+    use, sized from the model's context and ``cache_memory`` bytes.
+    """
 
     def __init__(
         self,
         base: LoadedModel,
         prompt_tokens: PromptTokens | None = None,
-        tree: TreeSpec | None = None,
+        tree: TreeChoice | None = None,
         proposer: Proposer | None = None,
+        *,
+        max_batch: int = 8,
+        max_length: int | None = None,
+        cache_memory: int | None = None,
+        prefill_chunk: int = 512,
     ) -> None:
         if prompt_tokens is not None and tree is None:
             raise ValueError("a tree spec is needed to decode with prompt tokens")
-        if (
-            prompt_tokens is not None
-            and tree is not None
-            and tree.num_prompt_tokens != prompt_tokens.num_prompt_tokens
-        ):
-            raise ValueError(
-                f"the tree is built for {tree.num_prompt_tokens} prompt tokens but the prompt tokens have "
-                f"{prompt_tokens.num_prompt_tokens}; build a tree for them with `ppd build-tree`"
-            )
+        if max_batch < 1 or prefill_chunk < 1:
+            raise ValueError(f"max_batch and prefill_chunk must be >= 1, got {max_batch}, {prefill_chunk}")
         self.base = base
         self.tokenizer = base.tokenizer
         self.prompt_tokens = prompt_tokens
-        self.tree = tree
+        self.trees: dict[int, TreeSteps | None] = {}  # from this many active rows on
+        if prompt_tokens is not None and tree is not None:
+            choice = {1: tree} if isinstance(tree, TreeSpec) else dict(tree)
+            for size, spec in sorted(choice.items()):
+                if spec is not None and spec.num_prompt_tokens != prompt_tokens.num_prompt_tokens:
+                    raise ValueError(
+                        f"the tree is built for {spec.num_prompt_tokens} prompt tokens but the prompt "
+                        f"tokens have {prompt_tokens.num_prompt_tokens}; build a tree for them with "
+                        "`ppd build-tree`"
+                    )
+                self.trees[size] = None if spec is None else TreeSteps(spec, prompt_tokens.ensemble)
+            if 1 not in self.trees:
+                raise ValueError("the tree choice needs an entry for batch size 1")
+        specs = [t.spec for t in self.trees.values() if t is not None]
+        self.tree: TreeSpec | None = specs[0] if specs else None
+        self.top_k = max((spec.max_top_k for spec in specs), default=1)
         # A given proposer is used as is; otherwise the prompt tokens' own guesses, joined by prompt
         # lookup when the generation's config asks for it (the default).
         self.proposer = proposer
         self._plain_proposer = PromptTokenProposer()
         self._lookup_proposer = LookupProposer(self._plain_proposer)
-        self.runner = ModelRunner(base)
-        device = self.runner.device
-        self.vanilla_buffers = build_buffers(VANILLA_TREE, 0).to(device)
-        # One buffer set per depth, on the model's device, built once: a step only indexes into them.
-        self.tree_buffers: list[TreeBuffers] = []
-        self.rank0_reach: list[int] = []  # per depth: how deep the tree's rank-0 path goes
-        self._chain_buffers: dict[tuple[int, int, int], TreeBuffers] = {}  # (depth, chain_at, length)
-        if tree is not None and prompt_tokens is not None:
-            self.tree_buffers = [
-                build_buffers(tree, depth, prompt_tokens.ensemble).to(device)
-                for depth in range(tree.num_prompt_tokens + 1)
-            ]
-            self.rank0_reach = [rank0_reach(tree, depth) for depth in range(tree.num_prompt_tokens + 1)]
-        # The largest step the tree feeds: a lookup chain may fill any step up to this plus lookup_chain.
-        self.max_tree_inputs = max((b.num_inputs for b in self.tree_buffers), default=1)
+        self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
+        per_token = bytes_per_token(base.model)
+        budget = DEFAULT_CACHE_MEMORY if cache_memory is None else cache_memory
+        fits = budget // (max_batch * per_token) - MAX_STEP_INPUTS
+        self.max_length = min(base.context_length, max_length or base.context_length, fits)
+        if self.max_length < 2 or (max_length is not None and max_length > self.max_length):
+            wanted = max_length or base.context_length
+            need = max_batch * (wanted + MAX_STEP_INPUTS) * per_token
+            raise ValueError(
+                f"a KV cache of {max_batch} rows x {wanted} tokens needs {need / 2**20:.0f} "
+                f"MiB but the budget is {budget / 2**20:.0f} MiB (and the model reads at most "
+                f"{base.context_length}); raise cache_memory, or lower max_batch or max_length"
+            )
+        self._cache: KVCache | None = None
+        self._waiting: deque[Request] = deque()
+        self._running: list[Request] = []  # running[i] sits at cache row i
+        self._prefilling: Request | None = None  # at cache row len(running)
+        self._requests: dict[str, Request] = {}
+        self._ids = itertools.count()
 
-    # ---- public API ---------------------------------------------------------------------------
+    # ---- set-up ---------------------------------------------------------------------------------
+    @property
+    def cache(self) -> KVCache:
+        assert self._cache is not None, "the cache is made when the first request is admitted"
+        return self._cache
+
+    def _make_room(self, request: Request) -> None:
+        """Grow the cache (rarely: sizes double) so that it holds this request next to the running ones.
+
+        The cache grows with use up to ``max_batch`` x ``max_length``, the limits checked against the
+        memory budget: a short generation does not pay for the longest one.
+        """
+        rows = len(self._running) + 1
+        need = min(self.max_length, len(request.prompt) + request.config.max_new_tokens + 1)
+        capacity = need + MAX_STEP_INPUTS
+        cache = self._cache
+        if cache is None:
+            self._cache = KVCache(self.base.model, rows, capacity)
+        elif rows > cache.rows or capacity > cache.capacity:
+            grown_rows = min(self.max_batch, max(rows, 2 * cache.rows if rows > cache.rows else 0))
+            grown = min(self.max_length, max(need, 2 * (cache.capacity - MAX_STEP_INPUTS)))
+            cache.grow(grown_rows, grown + MAX_STEP_INPUTS if capacity > cache.capacity else 0)
+        logger.debug("KV cache: %s", self.cache_report())
+
+    def cache_report(self) -> dict[str, Any]:
+        """Rows and length of the KV cache: its limits and what is allocated now, in bytes."""
+        per_token = bytes_per_token(self.base.model)
+        cache = self._cache
+        return {
+            "max_rows": self.max_batch,
+            "max_length": self.max_length,
+            "max_bytes": self.max_batch * (self.max_length + MAX_STEP_INPUTS) * per_token,
+            "rows": cache.rows if cache else 0,
+            "capacity": cache.capacity if cache else 0,
+            "bytes": cache.nbytes if cache else 0,
+            "bytes_per_token": per_token,
+        }
+
     def encode(self, prompt: Prompt, chat: bool = True) -> list[int]:
         """Token ids of a prompt; a chat model gets its chat template unless ``chat=False``."""
         if isinstance(prompt, str):
@@ -171,191 +225,298 @@ class Engine:
             raise ValueError("a list of messages needs a chat model (or chat=True)")
         return list(self.tokenizer(prompt)["input_ids"])
 
+    # ---- one generation, or a batch of them ---------------------------------------------------------
     def stream(
         self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any
-    ) -> Iterator[StreamChunk]:
-        """Yield text as it is committed, one chunk per step; ``last_result`` holds the totals after."""
-        config = (
-            replace(config or GenerationConfig(), **overrides)
-            if overrides
-            else (config or GenerationConfig())
-        )
-        ids = self.encode(prompt, chat=config.chat)
-        yield from self.stream_ids(ids, config)
+    ) -> GenerationStream:
+        """Text as it is committed, one chunk per step; the stream's ``result`` holds the totals."""
+        config = (config or GenerationConfig()).updated(**overrides)
+        return self.stream_ids(self.encode(prompt, chat=config.chat), config)
+
+    def stream_ids(self, input_ids: list[int], config: GenerationConfig | None = None) -> GenerationStream:
+        return GenerationStream(self, self.add_request(input_ids, config or GenerationConfig()))
 
     def generate(
         self, prompt: Prompt, config: GenerationConfig | None = None, **overrides: Any
     ) -> GenerationResult:
-        for _ in self.stream(prompt, config, **overrides):
-            pass
-        return self.last_result
+        return self._finish(self.stream(prompt, config, **overrides))
 
     def generate_ids(self, input_ids: list[int], config: GenerationConfig | None = None) -> GenerationResult:
-        for _ in self.stream_ids(input_ids, config or GenerationConfig()):
+        return self._finish(self.stream_ids(input_ids, config))
+
+    def generate_batch(
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | Sequence[GenerationConfig] | None = None,
+        **overrides: Any,
+    ) -> list[GenerationResult]:
+        """One result per prompt, in order; all are decoded together (``max_batch`` rows at a time)."""
+        configs = self._configs(config, len(prompts), overrides)
+        ids = [self.encode(p, chat=c.chat) for p, c in zip(prompts, configs, strict=True)]
+        return self.generate_batch_ids(ids, configs)
+
+    def generate_batch_ids(
+        self,
+        input_ids: Sequence[list[int]],
+        config: GenerationConfig | Sequence[GenerationConfig] | None = None,
+    ) -> list[GenerationResult]:
+        configs = self._configs(config, len(input_ids), {})
+        rids = [self.add_request(ids, c) for ids, c in zip(input_ids, configs, strict=True)]
+        results: dict[str, GenerationResult] = {}
+        try:
+            while len(results) < len(rids):
+                for out in self.step():
+                    if out.result is not None:
+                        results[out.request_id] = out.result
+        finally:
+            for rid in rids:
+                if rid not in results:
+                    self._drop(rid)
+        return [results[rid] for rid in rids]
+
+    @staticmethod
+    def _configs(
+        config: GenerationConfig | Sequence[GenerationConfig] | None, count: int, overrides: dict[str, Any]
+    ) -> list[GenerationConfig]:
+        if config is None or isinstance(config, GenerationConfig):
+            return [(config or GenerationConfig()).updated(**overrides)] * count
+        if len(config) != count:
+            raise ValueError(f"got {len(config)} configs for {count} prompts: give one, or one per prompt")
+        return [c.updated(**overrides) for c in config]
+
+    @staticmethod
+    def _finish(stream: GenerationStream) -> GenerationResult:
+        for _ in stream:
             pass
-        return self.last_result
+        return stream.result
 
-    def stream_ids(self, input_ids: list[int], config: GenerationConfig) -> Iterator[StreamChunk]:
-        """The loop around ``_decode``: max_new_tokens, EOS, stop strings, text and stats."""
-        stats = GenerationStats(prompt_tokens=len(input_ids))
-        text = TextStream(self.tokenizer, config.stop)
-        out: list[int] = []
-        pieces: list[str] = []
-        finish = "context"  # unless something else stops it first, the loop ends when the context is full
-        eos = set(self.base.eos_token_ids)
-        start = time.perf_counter()
-        for committed, accept_length in self._decode(input_ids, config, stats):
-            take: list[int] = []
-            for token in committed:
-                take.append(token)
-                if token in eos:
-                    finish = "eos"
-                    break
-                if len(out) + len(take) >= config.max_new_tokens:
-                    finish = "length"
-                    break
-            out.extend(take)
-            piece = text.push([t for t in take if t not in eos])
-            if text.stopped:
-                finish = "stop"
-            pieces.append(piece)
-            stats.total_s = time.perf_counter() - start
-            stats.new_tokens = len(out)
-            yield StreamChunk(piece, take, accept_length)
-            if finish != "context":
-                break
-        tail = text.flush()
-        if tail:
-            pieces.append(tail)
-            yield StreamChunk(tail, [], 0)
-        stats.total_s = time.perf_counter() - start
-        stats.new_tokens = len(out)
-        self.last_result = GenerationResult("".join(pieces), out, stats, finish)
-
-    # ---- the loop ---------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def _decode(
-        self, input_ids: list[int], config: GenerationConfig, stats: GenerationStats
-    ) -> Iterator[tuple[list[int], int]]:
-        """Yield (committed tokens, τ) per forward, forever or until the context is full."""
+    # ---- requests -------------------------------------------------------------------------------
+    def add_request(
+        self, input_ids: list[int], config: GenerationConfig, request_id: str | None = None
+    ) -> str:
+        """Queue a request; it joins the batch at a coming step. Returns its id."""
         if not input_ids:
             raise ValueError("the prompt is empty; give some text to continue or answer")
-        context = self.base.context_length
-        if len(input_ids) >= context:
+        if len(input_ids) >= self.max_length:
             raise ValueError(
-                f"the prompt has {len(input_ids)} tokens but {self.base.name} reads at most {context}; "
-                "shorten the prompt"
+                f"the prompt has {len(input_ids)} tokens but this engine holds at most {self.max_length} "
+                f"per sequence ({self.base.name} reads {self.base.context_length}); shorten the prompt"
             )
-        use_ppd = config.use_ppd and self.prompt_tokens is not None
-        generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
-        cache = KVCache()
-        history = list(input_ids)  # the prompt, then every committed token: what the proposer reads
+        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if rid in self._requests:
+            raise ValueError(f"request id {rid!r} is already in use")
+        request = Request(rid, list(input_ids), config, self.tokenizer, set(self.base.eos_token_ids))
+        self._requests[rid] = request
+        self._waiting.append(request)
+        return rid
 
-        # 1. Prefill: the context, with its last token as the root of a depth-0 tree.
-        start = time.perf_counter()
-        result = self._step(
-            cache, input_ids[:-1], input_ids[-1], None, use_ppd, config, generator, history, stats
-        )
-        stats.prefill_s = time.perf_counter() - start
-        stats._prefill_forward_s = stats.forward_s
-        root, prompt_logits = result.verdict.bonus, result.prompt_logits
-        committed = [*result.verdict.accepted_tokens, root]  # a lookup chain may guess past the root
-        history.extend(committed)
-        yield committed, 0
+    def cancel(self, request_id: str) -> None:
+        """Stop a request; its row is freed at the next step, which reports it as "cancelled"."""
+        request = self._requests.get(request_id)
+        if request is not None:
+            request.cancelled = True
 
-        # 2. Steps: propose → verify → commit, until the caller stops asking or the context is full.
-        while cache.length + 1 < context:
-            result = self._step(cache, [], root, prompt_logits, use_ppd, config, generator, history, stats)
-            verdict = result.verdict
-            root, prompt_logits = verdict.bonus, result.prompt_logits
-            committed = [*verdict.accepted_tokens, root]
-            history.extend(committed)
-            stats.steps += 1
-            stats.accept_lengths.append(len(committed))
-            yield committed, len(committed)
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
 
-    def _step(
-        self,
-        cache: KVCache,
-        prefix: list[int],
-        root: int,
-        prompt_logits: torch.Tensor | None,  # [D, vocab] or None
-        use_ppd: bool,
-        config: GenerationConfig,
-        generator: torch.Generator | None,
-        history: list[int],
-        stats: GenerationStats,
-    ) -> _StepResult:
-        runner = self.runner
-        device = runner.device
-        cache_length = cache.length
-        depth = 0 if prompt_logits is None else prompt_logits.shape[0]
-        candidates, chain_at, chain = None, 0, list[int]()
-        chain_room = 0
-        if config.lookup and config.lookup_chain and self.tree_buffers:
-            # a step with a smaller tree (after a chain, or at depth 0) has room for a longer copy
-            chain_room = config.lookup_chain + self.max_tree_inputs - self.tree_buffers[depth].num_inputs
-        if use_ppd and (depth or chain_room):
-            assert self.tree is not None
-            reach = depth + chain_room
-            proposal = self._proposer(config).propose(prompt_logits, self.tree.max_top_k, history, reach)
-            candidates = proposal.candidates  # [D, K] or None
-            chain_at, chain = self._chain(proposal, depth, chain_room)
-        buffers = self._buffers(depth, use_ppd, cache_length + len(prefix), chain_at, len(chain))
-        root_tensor = torch.tensor([*prefix, root], device=device)  # [P + 1]
-        pieces = [root_tensor]
-        if buffers.num_nodes > buffers.chain_length:
-            assert candidates is not None
-            pieces.append(candidates.flatten()[buffers.candidate_index])  # [tree nodes]
-        if buffers.chain_length:
-            pieces.append(torch.tensor(chain, device=device))
-        token_ids = torch.cat(pieces) if len(pieces) > 1 else root_tensor
-        embeds = runner.embed(token_ids)  # [P + 1 + num_nodes, H]
-        p = len(prefix)
-        num_token_inputs = p + 1 + buffers.num_nodes
-        slot_positions = torch.arange(num_token_inputs, p + buffers.num_inputs, device=device)
-        if buffers.num_inputs > buffers.num_nodes + 1:
-            assert self.prompt_tokens is not None
-            slot_embeds = self.prompt_tokens.slot_embeddings(
-                buffers.slot_prompt_index, buffers.slot_member, embeds.dtype
-            )  # [num_slot_inputs, H]
-            embeds = torch.cat([embeds, slot_embeds])
-        offsets = buffers.position_offsets
-        positions = cache_length + torch.cat([torch.arange(p, device=device), p + offsets])  # [P + T]
-        trivial = buffers.num_inputs == 1
-        attend = None if trivial else step_attend(cache_length, p, buffers.attend)
+    @property
+    def num_running(self) -> int:
+        return len(self._running) + (self._prefilling is not None)
 
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[RequestOutput]:
+        """One scheduling step: drop cancelled requests, prefill newcomers, one decode forward."""
+        outputs = [self._release(r, r.end("cancelled")) for r in list(self._requests.values()) if r.cancelled]
+        budget = self.prefill_chunk
+        while budget > 0 and (self._prefilling is not None or self._waiting):
+            if self._prefilling is None:
+                if len(self._running) >= self.max_batch:
+                    break
+                self._prefilling = self._waiting.popleft()
+                self._make_room(self._prefilling)
+                self._prefilling.started = time.perf_counter()
+                self._prefilling.stats.queued_s = self._prefilling.started - self._prefilling.arrived
+            request = self._prefilling
+            fed, committed = self._prefill(request, budget)
+            budget -= fed
+            if committed is not None:
+                outputs.extend(self._after_step(request, *committed, prefill=True))
+                self._prefilling = None
+                if request.finish is None:
+                    self._running.append(request)
+        if self._running:
+            outputs.extend(self._decode())
+        return outputs
+
+    def _prefill(self, request: Request, budget: int) -> tuple[int, tuple[list[int], list[str]] | None]:
+        """Feed the next chunk of a request's prompt; the last chunk carries the depth-0 tree.
+
+        Returns the prompt tokens fed and, after the last chunk, the tokens it committed.
+        """
+        row, start = len(self._running), request.prefilled
+        rest = request.prompt[start:]
         timer = time.perf_counter()
-        keep = buffers.num_inputs  # logits of the tree's inputs only, none for a prefill's context
-        if self.prompt_tokens is not None and not trivial:
-            with self.prompt_tokens.active(slot_positions, buffers.slot_prompt_index):
-                logits = runner.forward(embeds, positions, attend, cache, keep)  # [T, vocab]
-        else:
-            logits = runner.forward(embeds, positions, attend, cache, keep)
-        if device.type == "cuda":
+        if len(rest) > budget + 1:  # a chunk of context only: root-only "tree", nothing to verify
+            chunk = rest[:budget]
+            plan = RowPlan(start, (chunk[-1],), VANILLA, tuple(chunk[:-1]))
+            run_forward(self.base, build_inputs(self.base, self.prompt_tokens, [plan], row), self.cache)
+            self.cache.commit(row, start, list(range(len(chunk))))
+            request.prefilled += len(chunk)
+            request.stats.forward_s += time.perf_counter() - timer
+            return len(chunk), None
+        plan = self._plan(request, self._trees(len(self._running) + 1), tuple(rest[:-1]))
+        committed = self._forward_and_commit([request], [plan], row)[0]
+        request.prefilled = len(request.prompt)
+        request.stats.prefill_s = time.perf_counter() - request.started
+        request.stats.prefill_forward_s = request.stats.forward_s
+        return len(rest), committed
+
+    def _decode(self) -> list[RequestOutput]:
+        """propose → verify → commit for every running row, in one forward."""
+        rows = self._running
+        trees = self._trees(len(rows))
+        plans = [self._plan(request, trees) for request in rows]  # 1. propose
+        committed = self._forward_and_commit(rows, plans, 0)  # 2-4. forward, verify, commit
+        outputs: list[RequestOutput] = []
+        for request, (tokens, origins) in zip(list(rows), committed, strict=True):
+            request.stats.steps += 1
+            outputs.extend(self._after_step(request, tokens, origins))
+        return outputs
+
+    def _forward_and_commit(
+        self, rows: list[Request], plans: list[RowPlan], first_row: int
+    ) -> list[tuple[list[int], list[str]]]:
+        """Forward, verify and commit one step; per row the committed tokens and who guessed each."""
+        timer = time.perf_counter()
+        inputs = build_inputs(self.base, self.prompt_tokens, plans, first_row)
+        logits = run_forward(self.base, inputs, self.cache)  # [B, C, vocab]
+        if logits.device.type == "cuda":
             torch.cuda.synchronize()
-        stats.forward_s += time.perf_counter() - timer
+        elapsed = time.perf_counter() - timer
+        verdicts = batch_verdicts(
+            logits,
+            plans,
+            inputs.logits_from,
+            [r.config for r in rows],
+            [r.generator for r in rows],
+            self.top_k,
+        )
+        committed = []
+        for b, (request, plan, row_verdict) in enumerate(zip(rows, plans, verdicts, strict=True)):
+            verdict = row_verdict.verdict
+            self.cache.commit(first_row + b, plan.start + len(plan.prefix), [0, *verdict.accepted])
+            request.stats.forward_s += elapsed
+            request.stats.draft_tokens += plan.buffers.num_nodes
+            request.stats.count_accepted(len(verdict.accepted))
+            request.root, request.ranked = verdict.bonus, row_verdict.ranked
+            origins = [plan.origins[i] for i in verdict.accepted] + [MODEL]
+            committed.append(([*verdict.accepted_tokens, verdict.bonus], origins))
+        return committed
 
-        token_logits = logits[: 1 + buffers.num_nodes]  # [1 + num_nodes, vocab]
-        tree_tokens = token_ids[p:]
-        verdict = self._verify(token_logits, tree_tokens, buffers, config, generator)
-        cache.commit(cache_length + p, [0, *verdict.accepted])
+    def _after_step(
+        self, request: Request, tokens: list[int], origins: list[str], prefill: bool = False
+    ) -> list[RequestOutput]:
+        """Commit the step's tokens to the request; release it when it is done."""
+        chunk = request.commit(tokens, origins, 0 if prefill else len(tokens))
+        if not prefill:
+            request.stats.accept_lengths.append(len(tokens))
+        length = self.cache.lengths[self._row_of(request)]
+        if request.finish is None and length + 1 >= self.max_length:
+            extra = request.end("context")
+            chunk = StreamChunk(chunk.text + extra.text, chunk.token_ids, chunk.accept_length, chunk.origins)
+        if request.finish is not None:
+            return [self._release(request, chunk)]
+        return [RequestOutput(request.request_id, chunk, False)]
 
-        slots = buffers.node_slots[verdict.last]
-        next_prompt_logits = None
-        if slots:
-            index = buffers.slot_inputs[verdict.last, :slots]  # [slots, V]
-            # one copy of the rows, not two: without an ensemble there is nothing to average
-            one = index.shape[1] == 1
-            next_prompt_logits = logits[index[:, 0]] if one else logits[index].mean(dim=1)  # [slots, vocab]
-        return _StepResult(verdict, next_prompt_logits)
+    def _row_of(self, request: Request) -> int:
+        if request is self._prefilling:
+            return len(self._running)
+        return self._running.index(request) if request in self._running else len(self._running)
+
+    def _release(self, request: Request, chunk: StreamChunk) -> RequestOutput:
+        """Take a finished or cancelled request out; the last running row moves into its place."""
+        if request.finish is None:
+            request.finish = "cancelled"
+        self._requests.pop(request.request_id, None)
+        if request in self._waiting:
+            self._waiting.remove(request)
+        cache = self._cache
+        if request is self._prefilling:
+            self._prefilling = None
+            if cache is not None:
+                cache.lengths[len(self._running)] = 0
+        elif request in self._running:
+            assert cache is not None
+            row, last = self._running.index(request), len(self._running) - 1
+            if row != last:
+                cache.move(last, row)
+                self._running[row] = self._running[last]
+            else:
+                cache.lengths[row] = 0
+            self._running.pop()
+            if self._prefilling is not None:  # keep the prefill right after the running rows
+                cache.move(last + 1, last)
+        return RequestOutput(request.request_id, chunk, True, request.result())
+
+    def _drop(self, request_id: str) -> GenerationResult | None:
+        """Cancel a request at once (its stream was abandoned); returns its partial result."""
+        request = self._requests.get(request_id)
+        if request is None:
+            return None
+        return self._release(request, request.end("cancelled")).result
+
+    # ---- planning a row's step ------------------------------------------------------------------------
+    def _trees(self, active: int) -> TreeSteps | None:
+        """The tree for this many active rows: the entry with the largest batch size not above it."""
+        sizes = [size for size in self.trees if size <= active]
+        return self.trees[max(sizes)] if sizes else None
 
     def _proposer(self, config: GenerationConfig) -> Proposer:
         if self.proposer is not None:
             return self.proposer
         return self._lookup_proposer if config.lookup else self._plain_proposer
 
-    def _chain(self, proposal: Proposal, depth: int, room: int) -> tuple[int, list[int]]:
+    def _plan(self, request: Request, trees: TreeSteps | None, prefix: tuple[int, ...] = ()) -> RowPlan:
+        """The row's step: its tree for the current depth, filled with the proposer's guesses."""
+        config = request.config
+        start = (
+            request.prefilled if prefix or not request.decoding else self.cache.lengths[self._row_of(request)]
+        )
+        if trees is None or not config.use_ppd:
+            return RowPlan(start, (request.root,), VANILLA, prefix)
+        depth = len(request.ranked) if request.ranked else 0
+        room = 0
+        if config.lookup and config.lookup_chain:
+            # a step with a smaller tree (after a chain, or at depth 0) has room for a longer copy
+            room = config.lookup_chain + trees.max_inputs - trees.by_depth[depth].num_inputs
+            room = min(room, MAX_STEP_INPUTS - trees.by_depth[depth].num_inputs)
+        proposal = Proposal(request.ranked)
+        if depth or room:
+            proposal = self._proposer(config).propose(request.ranked, request.history, depth + room)
+        chain_at, chain = self._chain(proposal, trees, depth, room)
+        buffers: TreeBuffers = trees.buffers(depth, chain_at, len(chain))
+        if start + len(prefix) + buffers.num_inputs > self.max_length:
+            return RowPlan(start, (request.root,), VANILLA, prefix)  # no room left for a tree
+        ranked = proposal.candidates or []
+        nodes = [
+            ranked[len(path) - 1][path[-1]]
+            for path in buffers.input_paths[1 : 1 + buffers.num_nodes - len(chain)]
+        ]
+        origins = (MODEL, *(self._origin(path, proposal.copied) for path in buffers.input_paths[1:]))
+        return RowPlan(start, (request.root, *nodes, *chain), buffers, prefix, origins)
+
+    @staticmethod
+    def _origin(path: tuple[int, ...], copied: int) -> str:
+        """Who guessed a node: lookup (its copy at rank 0, or the chain) or the prompt tokens."""
+        return LOOKUP if path[-1] == CHAIN_RANK or (path[-1] == 0 and len(path) <= copied) else PPD
+
+    @staticmethod
+    def _chain(proposal: Proposal, trees: TreeSteps, depth: int, room: int) -> tuple[int, list[int]]:
         """Where the lookup chain hangs (a depth on the rank-0 path) and its tokens; [] for none.
 
         The chain continues the proposal's continuation below the deepest rank-0 node that holds it.
@@ -363,54 +524,9 @@ class Engine:
         continuation = proposal.continuation
         if not room or not continuation:
             return 0, []
-        ranked = proposal.candidates[:, 0].tolist() if proposal.candidates is not None else []
+        ranked = [row[0] for row in proposal.candidates] if proposal.candidates else []
         chain_at = 0
-        limit = min(self.rank0_reach[depth], len(continuation))
+        limit = min(trees.rank0_reach[depth], len(continuation))
         while chain_at < limit and ranked[chain_at] == continuation[chain_at]:
             chain_at += 1
         return chain_at, list(continuation[chain_at : chain_at + room])
-
-    def _buffers(
-        self, depth: int, use_ppd: bool, committed: int, chain_at: int = 0, chain_length: int = 0
-    ) -> TreeBuffers:
-        if not use_ppd:
-            return self.vanilla_buffers
-        if chain_length:
-            key = (depth, chain_at, chain_length)
-            buffers = self._chain_buffers.get(key)
-            if buffers is None:
-                assert self.tree is not None and self.prompt_tokens is not None
-                spec, ensemble = self.tree, self.prompt_tokens.ensemble
-                buffers = build_buffers(spec, depth, ensemble, chain_at, chain_length).to(self.runner.device)
-                self._chain_buffers[key] = buffers
-        else:
-            buffers = self.tree_buffers[depth]
-        if committed + buffers.num_inputs > self.base.context_length:
-            return self.vanilla_buffers  # near the end of the context: no room for a tree
-        return buffers
-
-    def _verify(
-        self,
-        logits: torch.Tensor,
-        tokens: torch.Tensor,
-        buffers: TreeBuffers,
-        config: GenerationConfig,
-        generator: torch.Generator | None,
-    ) -> Verdict:
-        if config.accept is AcceptMode.GREEDY:
-            return verify_greedy(logits, tokens, buffers)
-        if config.accept is AcceptMode.TYPICAL:
-            return verify_typical(
-                logits,
-                tokens,
-                buffers,
-                config.temperature,
-                config.top_k,
-                config.top_p,
-                config.posterior_threshold,
-                config.posterior_alpha,
-                generator,
-            )
-        return verify_lossless(
-            logits, tokens, buffers, config.temperature, config.top_k, config.top_p, generator
-        )

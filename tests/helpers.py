@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from ppdecode.proposers import Proposal
+from ppdecode.proposers import Proposal, Ranked
 
 PROMPTS = [
     "Write a haiku about rivers.",
@@ -59,12 +57,11 @@ class ReferenceProposer:
         filler = [t for t in range(top_k + 1) if t != truth][:top_k]
         return ([truth] + filler[: top_k - 1]) if self.right and truth >= 0 else filler
 
-    def propose(
-        self, prompt_logits: torch.Tensor | None, top_k: int, history: list[int], reach: int
-    ) -> Proposal:
-        depth = 0 if prompt_logits is None else prompt_logits.shape[0]
+    def propose(self, ranked: Ranked | None, history: list[int], reach: int) -> Proposal:
+        depth = len(ranked) if ranked else 0
+        top_k = len(ranked[0]) if ranked else 1
         rows = [self._row(history, i, top_k) for i in range(depth)]
-        candidates = None if prompt_logits is None else torch.tensor(rows, dtype=torch.long)
+        candidates = rows if ranked else None
         if not self.continuation:
             return Proposal(candidates)
         ahead = [self._row(history, i, 1)[0] for i in range(max(reach, depth))]

@@ -7,9 +7,11 @@ import torch
 
 from ppdecode.cache import KVCache
 from ppdecode.config import GenerationConfig
-from ppdecode.engine import Engine, GenerationStats
+from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel, load_model
 from ppdecode.prompt_tokens import PromptTokens, PromptTokensConfig, default_prompt_tokens
+from ppdecode.step import RowPlan, build_inputs, run_forward
+from ppdecode.tree.buffers import build_buffers
 from ppdecode.tree.spec import load_tree
 
 from .helpers import PROMPTS, ReferenceProposer
@@ -172,16 +174,16 @@ def test_variants_stay_lossless_and_change_the_guesses(
         expected = vanilla.generate_ids(ids, gen).token_ids
         got = Engine(smollm_f32, variant, tree).generate_ids(ids, gen)
         assert got.token_ids == expected
-    # the variant's prompt-slot distributions differ from the plain tokens'
+    # the variant's prompt-slot distributions differ from the plain tokens': the prefill's forward
+    # (context + root with its prompt slots) gives other logits at the slots
     ids = vanilla.encode(PROMPTS[0])
+    buffers = build_buffers(tree, 0, variant.ensemble)
+    plan = RowPlan(0, (ids[-1],), buffers, tuple(ids[:-1]))
     slot_logits = []
     for tokens in (plain, variant):
-        engine = Engine(smollm_f32, tokens, tree)
         with torch.inference_mode():
-            result = engine._step(  # the prefill step: context + root with its prompt slots
-                KVCache(), ids[:-1], ids[-1], None, True, GenerationConfig(), None, [], GenerationStats()
-            )
-        assert result.prompt_logits is not None
-        slot_logits.append(result.prompt_logits)
-    assert slot_logits[0].shape == slot_logits[1].shape == (3, smollm_f32.model.config.vocab_size)
+            inputs = build_inputs(smollm_f32, tokens, [plan])
+            logits = run_forward(smollm_f32, inputs, KVCache(smollm_f32.model, 1, len(ids) + 16))[0]
+        slot_logits.append(logits[1:])  # [slot inputs, vocab]
+    assert slot_logits[0].shape == slot_logits[1].shape
     assert not torch.allclose(slot_logits[0], slot_logits[1])

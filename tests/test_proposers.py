@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from ppdecode.proposers import LookupProposer, PromptTokenProposer, lookup_continuation, lookup_match
 
@@ -30,38 +29,35 @@ def test_lookup_without_an_earlier_occurrence_is_empty() -> None:
 
 
 def test_the_copied_tokens_take_rank_zero_and_siblings_stay_distinct() -> None:
-    logits = torch.full((3, 20), -10.0)
-    for depth, ranked in enumerate([[10, 11, 12, 13], [14, 15, 16, 17], [18, 19, 0, 1]]):
-        for rank, token in enumerate(ranked):
-            logits[depth, token] = 5.0 - rank
-    plain = PromptTokenProposer().propose(logits, 4, [], 3).candidates
-    assert plain is not None and plain.tolist() == [[10, 11, 12, 13], [14, 15, 16, 17], [18, 19, 0, 1]]
+    ranked = [[10, 11, 12, 13], [14, 15, 16, 17], [18, 19, 0, 1]]
+    plain = PromptTokenProposer().propose(ranked, [], 3).candidates
+    assert plain == ranked
     history = [2, 12, 6, 2]  # "2" was followed by 12 6 2: depth 1 guesses 12, depth 2 guesses 6, ...
-    proposal = LookupProposer(PromptTokenProposer()).propose(logits, 4, history, 3)
-    assert proposal.candidates is not None
-    got = proposal.candidates.tolist()
+    proposal = LookupProposer(PromptTokenProposer()).propose(ranked, history, 3)
+    assert proposal.candidates is not None and proposal.copied == 3
+    got = proposal.candidates
     assert got[0] == [12, 10, 11, 13]  # already a candidate: moved to the front, not repeated
     assert got[1] == [6, 14, 15, 16]  # new: in front, the last rank drops out
     assert got[2] == [2, 18, 19, 0]
     assert all(len(set(row)) == len(row) for row in got)
     # nothing to copy: the prompt tokens' candidates unchanged
-    unchanged = LookupProposer(PromptTokenProposer()).propose(logits, 4, [3, 4], 3)
-    assert unchanged.candidates is not None and unchanged.candidates.tolist() == plain.tolist()
-    assert unchanged.continuation == ()
+    unchanged = LookupProposer(PromptTokenProposer()).propose(ranked, [3, 4], 3)
+    assert unchanged.candidates == ranked
+    assert unchanged.continuation == () and unchanged.copied == 0
 
 
 def test_only_a_trusted_match_reaches_past_the_tree() -> None:
-    logits = torch.randn(2, 20)
+    ranked = [[10, 11, 12], [13, 14, 15]]
     lookup = LookupProposer(PromptTokenProposer(), chain_ngram=2)
     two_gram = [1, 2, 3, 4, 5, 6, 7, 1, 2]  # "1 2" occurred before: its continuation may reach past depth 2
     assert lookup_match(two_gram, 5).ngram == 2
-    assert lookup.propose(logits, 3, two_gram, 5).continuation == (3, 4, 5, 6, 7)
+    assert lookup.propose(ranked, two_gram, 5).continuation == (3, 4, 5, 6, 7)
     one_gram = [1, 2, 3, 4, 5, 6, 7, 9, 2]  # only "2" occurred before: the copy stays within the tree
-    assert lookup.propose(logits, 3, one_gram, 5).continuation == (3, 4)
+    assert lookup.propose(ranked, one_gram, 5).continuation == (3, 4)
     # without prompt distributions (depth 0), a trusted match alone is proposed
-    alone = lookup.propose(None, 3, two_gram, 4)
+    alone = lookup.propose(None, two_gram, 4)
     assert alone.candidates is None and alone.continuation == (3, 4, 5, 6)
-    assert lookup.propose(None, 3, one_gram, 4).continuation == ()
+    assert lookup.propose(None, one_gram, 4).continuation == ()
 
 
 def test_bad_ngram_sizes_are_refused() -> None:

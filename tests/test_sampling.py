@@ -18,7 +18,7 @@ from ppdecode.config import AcceptMode, GenerationConfig
 from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens
-from ppdecode.proposers import Proposal
+from ppdecode.proposers import Proposal, Ranked
 from ppdecode.tree.spec import load_tree
 
 from .helpers import ReferenceProposer
@@ -61,11 +61,10 @@ class LikelyProposer:
         self.dist = dist
         self.continuation = continuation  # also guess past the tree (verified as a lookup chain)
 
-    def propose(
-        self, prompt_logits: torch.Tensor | None, top_k: int, history: list[int], reach: int
-    ) -> Proposal:
+    def propose(self, ranked: Ranked | None, history: list[int], reach: int) -> Proposal:
         """Candidates by probability at each depth; the most likely path continues as far as known."""
-        depth = 0 if prompt_logits is None else prompt_logits.shape[0]
+        depth = len(ranked) if ranked else 0
+        top_k = len(ranked[0]) if ranked else 1
         out = torch.arange(top_k).repeat(depth, 1) + 10_000
         prefix = tuple(history[self.prompt_length :])
         ahead: list[int] = []
@@ -81,7 +80,7 @@ class LikelyProposer:
                 out[i, : len(best)] = torch.tensor(best)
             ahead.append(best[0])
             prefix = (*prefix, best[0])
-        candidates = None if prompt_logits is None else out
+        candidates = out.tolist() if ranked else None
         return Proposal(candidates, tuple(ahead) if self.continuation else ())
 
 
@@ -167,7 +166,7 @@ def test_the_test_rejects_a_biased_acceptance_rule(setup, monkeypatch: pytest.Mo
         bonus = int(torch.multinomial(probs[node].cpu(), 1, generator=generator))
         return verify.Verdict(accepted, [int(tokens[i]) for i in accepted], bonus)
 
-    monkeypatch.setattr("ppdecode.engine.verify_lossless", biased)
+    monkeypatch.setattr("ppdecode.verify.verify_lossless", biased)
     counts, _ = sample_counts(engine, ids)
     assert chi_square_p_value(counts, dist, SAMPLES) < 0.001
 

@@ -54,7 +54,6 @@ def test_report_format_and_plot(base, tmp_path):
     plot_report(report, tmp_path / "acc.png")
     assert (tmp_path / "acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary_table(report).count("\n") == 3
-    tokens.detach()
 
 
 @torch.no_grad()

@@ -62,8 +62,11 @@ def _reference(base, tokens: PromptTokens, context: list[int], ys: list[int]):
         inputs = torch.cat([embed(torch.tensor(context)), slots])[None]
         length = len(context)
         positions = torch.arange(length + N, dtype=torch.long)
-        with tokens.active(torch.arange(length, length + N), torch.arange(N)), torch.no_grad():
-            student.append(model(inputs_embeds=inputs, position_ids=positions[None]).logits[0, length:])
+        deep = tokens.forward_kwargs(torch.arange(length, length + N), torch.arange(N))
+        with torch.no_grad():
+            student.append(
+                model(inputs_embeds=inputs, position_ids=positions[None], **deep).logits[0, length:]
+            )
     return torch.stack(student).mean(0), torch.stack(teacher)  # [N, vocab] each
 
 

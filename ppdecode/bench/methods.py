@@ -10,6 +10,9 @@ after the prefill ("steps") and, where it can tell, τ of each step.
   (``prompt_lookup_num_tokens``) or assisted generation with a draft model (``assistant_model``).
   Steps and τ come from a forward pre-hook that reads the cache length at each target forward: the
   cache grows by exactly the tokens the previous forward committed (HF crops rejected rows).
+
+Both also decode a batch of prompts in one call (``run_batch``, the ``BatchMethod`` protocol): our
+batched engine, and greedy ``generate()`` on left-padded prompts.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from ppdecode.config import GenerationConfig
-from ppdecode.engine import Engine
+from ppdecode.engine import Engine, GenerationResult
 from ppdecode.models import LoadedModel
 from ppdecode.tree.buffers import build_buffers
 
@@ -37,6 +41,14 @@ class RunOutput:
     steps: int  # forward passes of the target model after the prefill
     accept_lengths: list[int] | None  # τ of each step; None when unknown
     finish_reason: str  # "eos" or "length" (or the engine's own reasons)
+
+
+@dataclass
+class BatchOutput:
+    """One call on a batch of prompts: every row's output and the wall time of the whole call."""
+
+    rows: list[RunOutput]  # in the order of the prompts; a row's ``seconds`` is its own time if known
+    seconds: float
 
 
 class Method(Protocol):
@@ -57,6 +69,14 @@ class Method(Protocol):
         ...
 
 
+class BatchMethod(Method, Protocol):
+    """A method that also decodes a batch of prompts in one call (``ppd bench --batch``)."""
+
+    def run_batch(self, batch: Sequence[list[int]], max_new_tokens: int, seed: int | None) -> BatchOutput:
+        """Generate a continuation of every prompt of ``batch``, all rows together."""
+        ...
+
+
 class EngineMethod:
     """Our engine: vanilla when ``use_ppd`` is False, else PPD with the engine's tree (and prompt lookup)."""
 
@@ -73,21 +93,28 @@ class EngineMethod:
         self.greedy = temperature == 0
         self.ppd = use_ppd
 
-    def run(self, input_ids: list[int], max_new_tokens: int, seed: int | None) -> RunOutput:
-        config = GenerationConfig(
+    def _config(self, max_new_tokens: int, seed: int | None) -> GenerationConfig:
+        return GenerationConfig(
             max_new_tokens=max_new_tokens,
             temperature=self.temperature,
             seed=None if self.greedy else seed,
             use_ppd=self.use_ppd,
             lookup=self.lookup,
         )
+
+    def run(self, input_ids: list[int], max_new_tokens: int, seed: int | None) -> RunOutput:
+        config = self._config(max_new_tokens, seed)
         start = time.perf_counter()
         result = self.engine.generate_ids(input_ids, config)
+        return _engine_output(result, time.perf_counter() - start)
+
+    def run_batch(self, batch: Sequence[list[int]], max_new_tokens: int, seed: int | None) -> BatchOutput:
+        """Decode all of ``batch`` in one call of the batched engine (rows leave as they finish)."""
+        config = self._config(max_new_tokens, seed)
+        start = time.perf_counter()
+        results = self.engine.generate_batch_ids([list(ids) for ids in batch], config)
         seconds = time.perf_counter() - start
-        stats = result.stats
-        return RunOutput(
-            list(result.token_ids), seconds, stats.steps, list(stats.accept_lengths), result.finish_reason
-        )
+        return BatchOutput([_engine_output(r, r.stats.total_s) for r in results], seconds)
 
     def extra_parameters(self) -> int:
         tokens = self.engine.prompt_tokens
@@ -101,6 +128,13 @@ class EngineMethod:
             _buffer_bytes(build_buffers(tree, depth, tokens.ensemble))
             for depth in range(tree.num_prompt_tokens + 1)
         )
+
+
+def _engine_output(result: GenerationResult, seconds: float) -> RunOutput:
+    stats = result.stats
+    return RunOutput(
+        list(result.token_ids), seconds, stats.steps, list(stats.accept_lengths), result.finish_reason
+    )
 
 
 def _buffer_bytes(buffers: Any) -> int:
@@ -179,11 +213,7 @@ class HFMethod:
             seconds = time.perf_counter() - start
         finally:
             hook.remove()
-        tokens = out[0, len(input_ids) :].tolist()
-        eos = set(self.base.eos_token_ids)
-        cut = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))  # drop padding after EOS
-        tokens = tokens[:cut]
-        finish = "eos" if tokens and tokens[-1] in eos else "length"
+        tokens, finish = _until_eos(out[0, len(input_ids) :].tolist(), self.base.eos_token_ids)
         return RunOutput(
             tokens,
             seconds,
@@ -192,6 +222,38 @@ class HFMethod:
             finish,
         )
 
+    @torch.inference_mode()
+    def run_batch(self, batch: Sequence[list[int]], max_new_tokens: int, seed: int | None) -> BatchOutput:
+        """Batched greedy ``generate()``: prompts padded on the left, the padding masked out.
+
+        ``generate()`` keeps a finished row in the batch (writing padding) until every row is done; a
+        row's tokens are counted up to its EOS. Each forward gives every row one token, so a row's
+        steps are its tokens after the prefill's, with τ = 1.
+        """
+        if self.mode is not HFMode.GREEDY:
+            raise ValueError(
+                f"{self.name}: transformers decodes {self.mode.value} at batch 1 only; batch only hf-greedy"
+            )
+        device = self.base.device
+        pad = int(self.kwargs["pad_token_id"])
+        width = max(len(ids) for ids in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long, device=device)  # [B, W]
+        mask = torch.zeros_like(ids)  # [B, W]: 0 on the left padding
+        for row, prompt in enumerate(batch):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
+            mask[row, width - len(prompt) :] = 1
+        start = time.perf_counter()
+        out = self.base.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, **self.kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        rows: list[RunOutput] = []
+        for new in out[:, width:].tolist():  # [B, new] with padding after a row's EOS
+            tokens, finish = _until_eos(new, self.base.eos_token_ids)
+            steps = max(len(tokens) - 1, 0)
+            rows.append(RunOutput(tokens, seconds, steps, [1] * steps, finish))
+        return BatchOutput(rows, seconds)
+
     def extra_parameters(self) -> int:
         if self.draft is None:
             return 0
@@ -199,6 +261,13 @@ class HFMethod:
 
     def extra_buffer_bytes(self) -> int:
         return 0
+
+
+def _until_eos(tokens: list[int], eos_token_ids: Sequence[int]) -> tuple[list[int], str]:
+    """The new tokens up to and including the first EOS (what follows is padding), and why they end."""
+    eos = set(eos_token_ids)
+    cut = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
+    return tokens[:cut], "eos" if cut and tokens[cut - 1] in eos else "length"
 
 
 def _accept_lengths(starts: list[int], prompt_length: int, new_tokens: int) -> list[int] | None:

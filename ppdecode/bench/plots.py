@@ -1,26 +1,21 @@
-"""Benchmark plots (matplotlib, Agg backend, PNG): speed-up per category, τ histogram, tokens/s per method."""
+"""Benchmark plots (matplotlib, Agg backend, PNG): speed-up per category, τ histogram, tokens/s per method;
+for a batch run, throughput and speed-ups against the batch size."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ppdecode.bench.batch import RATIOS, speedup_at
 from ppdecode.bench.metrics import OVERALL, Record
-
-logger = logging.getLogger(__name__)
+from ppdecode.plotting import pyplot
 
 
 def save_plots(summary: dict[str, Any], records: Sequence[Record], out_dir: Path) -> dict[str, Path]:
     """Write the three plots into ``out_dir``; returns {name: path}. Without matplotlib, writes none."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no plots (pip install 'ppdecode[bench]')")
+    plt = pyplot("the benchmark plots")
+    if plt is None:
         return {}
     files = {
         "speedup": out_dir / "speedup_per_category.png",
@@ -91,3 +86,36 @@ def _tokens_per_s(plt: Any, summary: dict[str, Any], records: Sequence[Record]) 
     ax.set_ylabel("tokens/s per question")
     ax.set_title(_title(summary, "tokens/s per method"))
     return fig
+
+
+def save_batch_plots(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """A batch run's plot: tokens/s per method vs B, and the speed-ups vs B. Without matplotlib, none."""
+    plt = pyplot("the benchmark plots")
+    if plt is None:
+        return {}
+    summaries = summary["summaries"]
+    methods = list(dict.fromkeys(s["method"] for s in summaries))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for method in methods:
+        points = sorted(
+            (s["batch_size"], s["tokens_per_s_median"]) for s in summaries if s["method"] == method
+        )
+        left.plot([b for b, _ in points], [v for _, v in points], marker="o", label=method)
+    left.set_ylabel("tokens/s of a batch (all rows), median over batches")
+    for method, over in RATIOS:
+        ups = sorted(speedup_at(summaries, method, over).items())
+        if ups:
+            right.plot([b for b, _ in ups], [v for _, v in ups], marker="o", label=f"{method} / {over}")
+    right.axhline(1.0, color="black", linewidth=0.8)
+    right.set_ylabel("speed-up (median over batches)")
+    sizes = sorted({s["batch_size"] for s in summaries})
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.set_xlabel("batch size B")
+        ax.legend(fontsize="small")
+    fig.suptitle(_title(summary, f"batches, {summary['config']['max_new_tokens']} new tokens"))
+    path = out_dir / "batch_throughput.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return {"batch_throughput": path}

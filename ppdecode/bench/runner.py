@@ -18,7 +18,7 @@ import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +129,7 @@ def build_methods(config: BenchConfig, base: LoadedModel) -> tuple[list[Method],
         methods.append(HFMethod("hf-assisted", base, HFMode.ASSISTED, draft=draft))
     ppd_engines: dict[str, Engine] = {}
     if "ppd" in families or "ppd-plain" in families:
-        tokens = _prompt_tokens(config, base)
+        tokens = load_prompt_tokens(config.prompt_tokens, base)
         default = load_tree(config.tree)
         trees: list[tuple[str, TreeSpec]] = [("default", default)]
         # What `ppd generate` decodes with: the tree tuned for this device (a stored profile or the
@@ -166,20 +166,21 @@ def build_methods(config: BenchConfig, base: LoadedModel) -> tuple[list[Method],
             "ppd": m.ppd,
             "extra_parameters": m.extra_parameters(),
             "extra_buffer_bytes": m.extra_buffer_bytes(),
-            **({"tree": _tree_info(m)} if isinstance(m, EngineMethod) and m.ppd else {}),
+            **({"tree": tree_info(m)} if isinstance(m, EngineMethod) and m.ppd else {}),
         }
         for m in methods
     }
     return methods, info
 
 
-def _prompt_tokens(config: BenchConfig, base: LoadedModel) -> PromptTokens:
-    if config.prompt_tokens in (None, "default"):
+def load_prompt_tokens(spec: str | None, base: LoadedModel) -> PromptTokens:
+    """The prompt tokens a benchmark decodes with: ``default`` (or None) = the shipped ones, else a path."""
+    if spec in (None, "default"):
         return default_prompt_tokens(base)
-    return PromptTokens.load(config.prompt_tokens, base)
+    return PromptTokens.load(spec, base)
 
 
-def _tree_info(method: EngineMethod) -> dict[str, Any]:
+def tree_info(method: EngineMethod) -> dict[str, Any]:
     tree = method.engine.tree
     assert tree is not None
     return {
@@ -238,11 +239,18 @@ def run_bench(
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Run the benchmark ``config`` describes; ``base`` reuses an already loaded model."""
-    previous = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _run_bench(config, base, progress)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` (None: unchanged) inside the block only."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
     finally:
         torch.set_num_threads(previous)  # a library call leaves the process as it found it
 
@@ -276,17 +284,23 @@ def _run_bench(
     if hasattr(os, "getloadavg"):
         env["load_average_at_end"] = list(os.getloadavg())  # other work on the machine skews timings
     out_dir = config.output_dir or default_output_dir()
-    out_dir.mkdir(parents=True, exist_ok=True)
     summary = build_summary(
         records, summarise(records, config.baseline), _config_json(config), env, method_info, memory
     )
-    files = {"records": out_dir / "records.jsonl", "summary": out_dir / "summary.json"}
-    with files["records"].open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
-    files["summary"].write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    files = write_run(out_dir, [record.to_json() for record in records], summary)
     files.update(save_plots(summary, records, out_dir))
     return BenchResult(records, summary, out_dir, files)
+
+
+def write_run(out_dir: Path, lines: Sequence[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Path]:
+    """``records.jsonl`` (one JSON object per line) and ``summary.json`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"records": out_dir / "records.jsonl", "summary": out_dir / "summary.json"}
+    with files["records"].open("w", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+    files["summary"].write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return files
 
 
 def _warm_up(methods: Sequence[Method], engine: Engine, question: BenchPrompt, config: BenchConfig) -> None:
@@ -416,26 +430,29 @@ def _memory_probes(
             step = max(
                 p["peak_tensor_bytes"][method.name] - p["peak_tensor_bytes"]["vanilla"] for p in probes
             )
-            params = method.engine.prompt_tokens
-            assert params is not None
-            param_bytes = sum(p.numel() * p.element_size() for p in params.parameters())
-            buffer_bytes = method.extra_buffer_bytes()
-            total = param_bytes + buffer_bytes + max(step, 0)
-            entry.update(
-                {
-                    "prompt_token_bytes": param_bytes,
-                    "tree_buffer_bytes": buffer_bytes,
-                    "step_peak_delta_bytes": step,
-                    "overhead_bytes": total,
-                    "overhead_percent_of_weights": overhead(total, 0, weights).percent,
-                }
-            )
+            entry.update(ppd_overhead(method, step, weights))
         per_method[method.name] = entry
     return {
         "method": "tensor accounting" if device.type != "cuda" else "torch.cuda.max_memory_allocated",
         "model_weight_bytes": weights,
         "probes": probes,
         "methods": per_method,
+    }
+
+
+def ppd_overhead(method: EngineMethod, step_delta: int, weight_bytes: int) -> dict[str, Any]:
+    """PPD's memory beyond vanilla: prompt tokens + tree buffers + the step peak's excess over vanilla's."""
+    params = method.engine.prompt_tokens
+    assert params is not None
+    param_bytes = sum(p.numel() * p.element_size() for p in params.parameters())
+    buffer_bytes = method.extra_buffer_bytes()
+    total = param_bytes + buffer_bytes + max(step_delta, 0)
+    return {
+        "prompt_token_bytes": param_bytes,
+        "tree_buffer_bytes": buffer_bytes,
+        "step_peak_delta_bytes": step_delta,
+        "overhead_bytes": total,
+        "overhead_percent_of_weights": overhead(total, 0, weight_bytes).percent,
     }
 
 

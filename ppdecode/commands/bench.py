@@ -1,4 +1,8 @@
-"""`ppd bench`: PPD against vanilla decoding and transformers' drafting methods, interleaved per question."""
+"""`ppd bench`: PPD against vanilla decoding and transformers' drafting methods, interleaved per question.
+
+With ``--batch 1,2,4,8,16`` it measures throughput per batch size instead: vanilla, PPD and transformers'
+batched greedy ``generate()`` on the same batches of prompts.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ppdecode.models import DEFAULT_MODEL
+from ppdecode.embedded import DEFAULT_MODEL
 
 # Tables are wide: without a terminal (a log file, CI) rich would wrap them at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -44,7 +48,8 @@ def bench(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="At most N questions, balanced over categories.")] = None,
     max_new_tokens: Annotated[
-        int | None, typer.Option(help="New tokens per turn (default 256; 64 with --quick).")
+        int | None,
+        typer.Option(help="New tokens per turn (default 256; 64 with --quick; 128 with --batch)."),
     ] = None,
     methods: Annotated[
         list[str] | None,
@@ -60,12 +65,13 @@ def bench(
         str, typer.Option(help="Prompt-token artifact directory, or 'default'.")
     ] = "default",
     default_tree: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Tree of the ppd:default method. ppd:tuned, the tree `ppd generate` uses here, "
-            "is added when this device has one."
+            help="Tree of the ppd:default method (default: the packaged 'default'). ppd:tuned, the tree "
+            "`ppd generate` uses here, is added when this device has one. With --batch: the tree of ppd "
+            "(default: the one `ppd generate` uses)."
         ),
-    ] = "default",
+    ] = None,
     tree: Annotated[
         list[str] | None,
         typer.Option(help="Extra PPD tree as PATH or NAME=PATH (repeatable): method ppd:NAME."),
@@ -90,6 +96,19 @@ def bench(
     quick: Annotated[
         bool, typer.Option("--quick", help="8 questions × 64 tokens × the default methods.")
     ] = False,
+    batch: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Batch sizes (comma list), e.g. 1,2,4,8,16: throughput of vanilla, ppd and hf-greedy "
+            "decoding the same prompts in batches of each size, instead of the batch-1 comparison."
+        ),
+    ] = None,
+    remainder: Annotated[
+        str,
+        typer.Option(
+            help="With --batch, prompts left over: wrap (fill the last batch from the first) or drop."
+        ),
+    ] = "wrap",
     show: Annotated[
         list[Path] | None,
         typer.Option(
@@ -100,17 +119,42 @@ def bench(
 ) -> None:
     """Benchmark PPD against vanilla decoding, transformers greedy, prompt lookup and assisted generation."""
     if show:
-        from ppdecode.bench.report import pooled_summary, tables
+        _show(show, _split(categories))
+        return
+    if batch:
+        if tree or temperature or draft_model:
+            raise ValueError(
+                "--batch runs vanilla, ppd and hf-greedy: drop --tree, --temperature, --draft-model"
+            )
+        from ppdecode.bench.batch import Remainder, parse_batch_sizes
+        from ppdecode.bench.batch_runner import BatchBenchConfig, run_batch_bench
+        from ppdecode.bench.report import batch_tables
 
-        runs = [path.parent if path.is_file() else path for path in show]
-        missing = [str(run) for run in runs if not (run / "summary.json").is_file()]
-        if missing:
-            raise ValueError(f"--show: no summary.json in {', '.join(missing)}")
-        wanted = _split(categories)
-        if len(runs) == 1 and not wanted:
-            console.print(tables(json.loads((runs[0] / "summary.json").read_text())))
-        else:
-            console.print(tables(pooled_summary(runs, wanted)))
+        sizes = parse_batch_sizes(batch)
+        batch_config = BatchBenchConfig(
+            prompts=prompts,
+            categories=_split(categories),
+            limit=limit if limit is not None else (max(sizes) if quick else None),
+            batch_sizes=sizes,
+            max_new_tokens=max_new_tokens or (QUICK["max_new_tokens"] if quick else 128),
+            methods=_split(methods),
+            remainder=Remainder.of(remainder),
+            model=model,
+            prompt_tokens=prompt_tokens,
+            tree=default_tree or "auto",
+            repeat=repeat if repeat is not None else 1,
+            warmup=warmup if warmup is not None else 1,
+            memory_probes=memory_probes if memory_probes is not None else 1,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            threads=threads,
+            output_dir=out,
+        )
+        logging.getLogger("ppdecode.bench").setLevel(logging.INFO)
+        batch_result = run_batch_bench(batch_config, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
+        console.print(batch_tables(batch_result.summary))
+        console.print(f"[dim]wrote {', '.join(str(p) for p in batch_result.files.values())}[/dim]")
         return
     from ppdecode.bench.runner import BenchConfig, run_bench
 
@@ -128,7 +172,7 @@ def bench(
         baseline=baseline,
         model=model,
         prompt_tokens=prompt_tokens,
-        tree=default_tree,
+        tree=default_tree or "default",
         trees=_named_trees(tree),
         temperature=temperature,
         draft_model=draft_model,
@@ -148,6 +192,30 @@ def bench(
 
     console.print(tables(result.summary))
     console.print(f"[dim]wrote {', '.join(str(p) for p in result.files.values())}[/dim]")
+
+
+def _show(show: list[Path], categories: tuple[str, ...]) -> None:
+    """Print the tables of earlier runs: one run as it was, or several pooled (batch-1 runs only)."""
+    from ppdecode.bench.report import batch_tables, pooled_summary, tables
+
+    runs = [path.parent if path.is_file() else path for path in show]
+    missing = [str(run) for run in runs if not (run / "summary.json").is_file()]
+    if missing:
+        raise ValueError(f"--show: no summary.json in {', '.join(missing)}")
+    first = json.loads((runs[0] / "summary.json").read_text())
+    batched = [
+        str(run) for run in runs if json.loads((run / "summary.json").read_text()).get("mode") == "batch"
+    ]
+    if batched and (len(runs) > 1 or categories):
+        raise ValueError(
+            f"--show: batch runs ({', '.join(batched)}) are shown one at a time, without --categories"
+        )
+    if batched:
+        console.print(batch_tables(first))
+    elif len(runs) == 1 and not categories:
+        console.print(tables(first))
+    else:
+        console.print(tables(pooled_summary(runs, categories)))
 
 
 def register(app: typer.Typer) -> None:

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from ppdecode.config import AcceptMode, GenerationConfig
-from ppdecode.models import DEFAULT_MODEL
+from ppdecode.embedded import DEFAULT_MODEL
 
 
 def generate(
-    prompt: Annotated[str, typer.Argument(help="The prompt (a user message for chat models).")],
+    prompts: Annotated[
+        list[str] | None,
+        typer.Argument(help="The prompt(s) (user messages for chat models); several decode as one batch."),
+    ] = None,
+    prompts_file: Annotated[
+        Path | None, typer.Option(help="A file with one prompt per line, decoded as one batch.")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Rows decoded at once (more prompts wait their turn).")] = 16,
     model: Annotated[
         str, typer.Option(help="Embedded model name, HF model directory or .gguf file.")
     ] = DEFAULT_MODEL,
@@ -52,9 +60,21 @@ def generate(
         bool, typer.Option("--json", help="Print one JSON object instead of streaming.")
     ] = False,
 ) -> None:
-    """Generate text from PROMPT, streaming it, then print a one-line summary."""
+    """Generate text from PROMPTS, streaming a single answer, then print a one-line summary.
+
+    Several prompts (or --prompts-file) decode together as one batch; with --json, one JSON object is
+    printed per prompt, in order.
+    """
     from ppdecode import load
 
+    texts = list(prompts or [])
+    if prompts_file is not None:
+        try:
+            texts += [line for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as err:
+            raise ValueError(f"cannot read --prompts-file {prompts_file}: {err.strerror}") from None
+    if not texts:
+        raise ValueError("give a prompt (or several, or --prompts-file FILE with one prompt per line)")
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -69,34 +89,46 @@ def generate(
         lookup_chain=lookup_chain,
     )
     engine = load(
-        model, prompt_tokens=None if no_ppd else prompt_tokens, tree=tree, device=device, dtype=dtype
+        model,
+        prompt_tokens=None if no_ppd else prompt_tokens,
+        tree=tree,
+        device=device,
+        dtype=dtype,
+        tune=not no_tune,
+        max_batch=min(max_batch, len(texts)),
     )
-    for chunk in engine.stream(prompt, config):
-        if not as_json:
+    if len(texts) == 1 and not as_json:
+        stream = engine.stream(texts[0], config)
+        for chunk in stream:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
-    result = engine.last_result
-    stats = result.stats
-    if as_json:
-        payload = {
-            "text": result.text,
-            "token_ids": result.token_ids,
-            "finish_reason": result.finish_reason,
-            "model": engine.base.name,
-            "dtype": str(engine.base.dtype).removeprefix("torch."),
-            "ppd": not no_ppd,
-            "lookup": not no_ppd and not no_lookup,
-            **stats.to_dict(),
-        }
-        print(json.dumps(payload))
-        return
-    print()
-    typer.secho(
-        f"[{stats.new_tokens} new tokens, {stats.steps} steps, τ {stats.tau:.2f}, "
-        f"{stats.tokens_per_s:.1f} tokens/s, {result.finish_reason}]",
-        fg=typer.colors.BRIGHT_BLACK,
-        err=True,
-    )
+        results = [stream.result]
+        print()
+    else:
+        results = engine.generate_batch(texts, config)
+    for result in results:
+        stats = result.stats
+        if as_json:
+            payload: dict[str, Any] = {
+                "text": result.text,
+                "token_ids": result.token_ids,
+                "finish_reason": result.finish_reason,
+                "model": engine.base.name,
+                "dtype": str(engine.base.dtype).removeprefix("torch."),
+                "ppd": not no_ppd,
+                "lookup": not no_ppd and not no_lookup,
+                **stats.to_dict(),
+            }
+            print(json.dumps(payload))
+            continue
+        if len(texts) > 1:
+            print(result.text, end="\n\n")
+        typer.secho(
+            f"[{stats.new_tokens} new tokens, {stats.steps} steps, τ {stats.tau:.2f}, "
+            f"{stats.tokens_per_s:.1f} tokens/s, {result.finish_reason}]",
+            fg=typer.colors.BRIGHT_BLACK,
+            err=True,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ppdecode.models import DEFAULT_MODEL
-from ppdecode.prompt_tokens import DEFAULT_INIT_WORDS
+from ppdecode.embedded import DEFAULT_MODEL
 
 
 def _parse_sources(values: list[str]) -> dict[str, int]:
@@ -135,7 +134,7 @@ def train(
         num_prompt_tokens=num_prompt_tokens,
         ensemble=ensemble,
         deep=deep,
-        init_words=tuple(init_word or DEFAULT_INIT_WORDS),
+        init_words=tuple(init_word) if init_word else TrainConfig.init_words,
         loss=LossKind(loss),
         lr=lr,
         steps=steps,
@@ -166,7 +165,8 @@ def accuracy(
         Path, typer.Option("--output", "-o", help="Accuracy JSON (input of the tree builder).")
     ],
     plot: Annotated[
-        Path | None, typer.Option(help="PNG plot of accuracy vs r (default: next to the JSON).")
+        Path | None,
+        typer.Option(help="PNG plot of accuracy vs r (default: next to the JSON; needs matplotlib)."),
     ] = None,
     model: Annotated[str, typer.Option(help="Base model.")] = DEFAULT_MODEL,
     dtype: Annotated[str, typer.Option(help="bfloat16 or float32.")] = "bfloat16",
@@ -180,6 +180,7 @@ def accuracy(
 ) -> None:
     """Held-out top-1..top-10 accuracy per prompt token, trained vs untrained initialisation."""
     from ppdecode.models import load_model
+    from ppdecode.plotting import MISSING
     from ppdecode.prompt_tokens import PromptTokens
     from ppdecode.train.accuracy import accuracy_report, plot_report, save_report, summary_table
     from ppdecode.train.data import HELDOUT, load_dataset
@@ -189,8 +190,7 @@ def accuracy(
     held = load_dataset(dataset, base, tokens.num_prompt_tokens).split(HELDOUT)[:max_prompts]
     report = accuracy_report(base, tokens, held)
     save_report(report, output)
-    plot_path = plot or output.with_suffix(".png")
-    plot_report(report, plot_path)
+    plotted = plot_report(report, plot or output.with_suffix(".png"))
     if update_record:
         tokens.config.record["accuracy"] = {
             "dataset": str(dataset),
@@ -201,7 +201,8 @@ def accuracy(
         }
         tokens.save(prompt_tokens)
     typer.echo(summary_table(report))
-    typer.echo(f"wrote {output} and {plot_path} ({report['num_samples']} positions, {len(held)} prompts)")
+    plot_note = f"and {plotted}" if plotted else f"(plot skipped: {MISSING})"
+    typer.echo(f"wrote {output} {plot_note} ({report['num_samples']} positions, {len(held)} prompts)")
     typer.echo(json.dumps({"topk_accuracy": report["topk_accuracy"]}))
 
 

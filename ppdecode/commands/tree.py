@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ppdecode.models import DEFAULT_MODEL
-from ppdecode.tree.spec import TreeSpec
+from ppdecode.embedded import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from ppdecode.tree.spec import TreeSpec  # the tree package imports torch
 
 console = Console()
 TOP_K_HELP = "Use at most the top-K ranks of each prompt token."
@@ -104,7 +106,8 @@ def tune_command(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "auto",
     plots: Annotated[
-        Path | None, typer.Option(help="Folder for the PNG plots (default: next to the profile).")
+        Path | None,
+        typer.Option(help="Folder for the PNG plots (default: next to the profile; needs matplotlib)."),
     ] = None,
     export: Annotated[
         Path | None,
@@ -113,6 +116,7 @@ def tune_command(
 ) -> None:
     """Profile this device, choose the fastest tree budget, and store it as this setup's profile."""
     from ppdecode.models import load_model
+    from ppdecode.plotting import MISSING
     from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
     from ppdecode.tree.builder import build_tree_family
     from ppdecode.tune.choice import parse_budgets
@@ -167,8 +171,11 @@ def tune_command(
     console.print(f"chosen budget: {profile.chosen_budget} (predicted best: {profile.predicted_budget}); "
                   f"profile: {saved}")
     plot_dir = plots if plots is not None else profile_path(profile.key).with_suffix("")
-    for path in write_plots(profile, plot_dir):
+    plotted = write_plots(profile, plot_dir)
+    for path in plotted:
         console.print(f"plot: {path}")
+    if not plotted:
+        console.print(f"plots skipped: {MISSING}")
     if export is not None:
         profile.tree.save(export)
         family = build_tree_family(table, [row.budget for row in profile.rows], top_k=top_k)

@@ -1,6 +1,6 @@
 """Proposers: where the guesses of a tree step come from."""
 
-from ppdecode.proposers.base import Proposal, Proposer
+from ppdecode.proposers.base import Proposal, Proposer, Ranked
 from ppdecode.proposers.lookup import LookupMatch, LookupProposer, lookup_continuation, lookup_match
 from ppdecode.proposers.ppd import PromptTokenProposer
 
@@ -10,6 +10,7 @@ __all__ = [
     "PromptTokenProposer",
     "Proposal",
     "Proposer",
+    "Ranked",
     "lookup_continuation",
     "lookup_match",
 ]

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from ppdecode.proposers.base import Proposal, Proposer
+from ppdecode.proposers.base import Proposal, Proposer, Ranked
 
 
 @dataclass(frozen=True)
@@ -66,18 +64,15 @@ class LookupProposer:
         self.min_ngram = min_ngram
         self.chain_ngram = chain_ngram
 
-    def propose(
-        self, prompt_logits: torch.Tensor | None, top_k: int, history: list[int], reach: int
-    ) -> Proposal:
-        candidates = self.inner.propose(prompt_logits, top_k, history, reach).candidates  # [D, K]
-        depth = 0 if candidates is None else candidates.shape[0]
+    def propose(self, ranked: Ranked | None, history: list[int], reach: int) -> Proposal:
+        candidates = self.inner.propose(ranked, history, reach).candidates  # [D][K]
+        depth = 0 if candidates is None else len(candidates)
         match = lookup_match(history, max(reach, depth), self.max_ngram, self.min_ngram)
         copied = match.continuation if match.ngram >= self.chain_ngram else match.continuation[:depth]
         if not copied or candidates is None:
             return Proposal(candidates, tuple(copied))
-        rows = candidates.tolist()
+        rows = list(candidates)
         for i, token in enumerate(copied[:depth]):
             row = rows[i]
-            rows[i] = [token, *(t for t in row if t != token)][:top_k]
-        ranked = torch.tensor(rows, dtype=candidates.dtype, device=candidates.device)
-        return Proposal(ranked, tuple(copied))
+            rows[i] = [token, *(t for t in row if t != token)][: len(row)]
+        return Proposal(rows, tuple(copied), min(depth, len(copied)))

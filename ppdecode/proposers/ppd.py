@@ -1,16 +1,14 @@
-"""Parallel Prompt Decoding's proposer: the top-k tokens of each prompt slot's distribution."""
+"""Parallel Prompt Decoding's proposer: the top-k tokens of each prompt slot's distribution.
+
+The top-k itself is taken in the step's one device transfer (``verify.batch_verdicts``), so the
+proposer passes the ranked candidates on as they are.
+"""
 
 from __future__ import annotations
 
-import torch
-
-from ppdecode.proposers.base import Proposal
+from ppdecode.proposers.base import Proposal, Ranked
 
 
 class PromptTokenProposer:
-    def propose(
-        self, prompt_logits: torch.Tensor | None, top_k: int, history: list[int], reach: int
-    ) -> Proposal:
-        if prompt_logits is None:
-            return Proposal(None)
-        return Proposal(prompt_logits.topk(top_k, dim=-1).indices)  # [D, top_k]
+    def propose(self, ranked: Ranked | None, history: list[int], reach: int) -> Proposal:
+        return Proposal(ranked)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ppdecode.models import LoadedModel
+from ppdecode.plotting import pyplot
 from ppdecode.prompt_tokens import PromptTokens, PromptTokensConfig
 from ppdecode.train.data import HELDOUT, Sample
 from ppdecode.train.losses import make_batch, rank_counts, teacher_student_logits
@@ -95,7 +96,6 @@ def accuracy_report(
     )
     report = measure(base, tokens, samples, desc="accuracy (trained)", **options)
     report["init"] = measure(base, init, samples, desc="accuracy (init)", **options)
-    init.detach()
     report["dtype"] = str(base.dtype).removeprefix("torch.")
     return report
 
@@ -117,13 +117,14 @@ def summary_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_report(report: dict[str, Any], path: str | Path) -> None:
-    """Accuracy vs r for each prompt token, trained (solid) vs untrained initialisation (dashed)."""
-    import matplotlib
+def plot_report(report: dict[str, Any], path: str | Path) -> Path | None:
+    """Accuracy vs r for each prompt token, trained (solid) vs untrained initialisation (dashed).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Returns the PNG written, or None without matplotlib (a warning says the plot was skipped).
+    """
+    plt = pyplot("the accuracy plot")
+    if plt is None:
+        return None
     ranks = list(range(1, report["top_k"] + 1))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (trained, init) in enumerate(
@@ -144,3 +145,4 @@ def plot_report(report: dict[str, Any], path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path

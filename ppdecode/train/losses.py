@@ -155,13 +155,13 @@ def teacher_student_logits(
     if mode == "single":
         attend = torch.cat([torch.cat([causal, torch.zeros(b, s, q, dtype=torch.bool)], 2), slot_rows], 1)
         mask = _masks(base, attend, all_pos, all_pos)
-        with tokens.active(torch.arange(s, s + q, device=device), prompt_index):
-            hidden = backbone(
-                inputs_embeds=torch.cat([embeds, slots], 1),
-                attention_mask=mask,
-                position_ids=all_pos.to(device),
-                use_cache=False,
-            ).last_hidden_state  # [B, S+Q, H]
+        hidden = backbone(
+            inputs_embeds=torch.cat([embeds, slots], 1),
+            attention_mask=mask,
+            position_ids=all_pos.to(device),
+            use_cache=False,
+            **tokens.forward_kwargs(torch.arange(s, s + q, device=device), prompt_index),
+        ).last_hidden_state  # [B, S+Q, H]
         seq_hidden, slot_hidden = hidden[:, :s].detach(), hidden[:, s:]
     else:
         cache = DynamicCache()
@@ -175,14 +175,14 @@ def teacher_student_logits(
                 use_cache=True,
             ).last_hidden_state  # [B, S, H]
         mask = _masks(base, slot_rows, layout.positions, all_pos)
-        with tokens.active(torch.arange(q, device=device), prompt_index):
-            slot_hidden = backbone(
-                inputs_embeds=slots,
-                attention_mask=mask,
-                position_ids=layout.positions.to(device),
-                cache=cache,
-                use_cache=True,
-            ).last_hidden_state  # [B, Q, H]
+        slot_hidden = backbone(
+            inputs_embeds=slots,
+            attention_mask=mask,
+            position_ids=layout.positions.to(device),
+            cache=cache,
+            use_cache=True,
+            **tokens.forward_kwargs(torch.arange(q, device=device), prompt_index),
+        ).last_hidden_state  # [B, Q, H]
 
     # Teacher: Q_k at sequence position L + k - 1 for k = 1..N (the position of y_{t+k}).
     where = (batch.context[:, :, None] + torch.arange(n)[None, None, :]).clamp(max=s - 1)  # [B, C, N]

@@ -47,6 +47,11 @@ class TreeBuffers:
     )  # [1 + num_nodes, N, V] input index of slot j, member e of a token input; -1: none
     node_slots: tuple[int, ...]  # [1 + num_nodes] number of slots of each token input
     children: tuple[tuple[int, ...], ...]  # [1 + num_nodes] child input indices in rank order
+    # host-side views for planning and verifying a step without device round trips:
+    input_paths: tuple[tuple[int, ...], ...] = ()  # [1 + num_nodes] rank path of each token input
+    # member input indices of each (owner, slot j), owners in input order, j ascending
+    slot_groups: tuple[tuple[int, ...], ...] = ()
+    first_group: tuple[int, ...] = ()  # [1 + num_nodes] index in slot_groups of the owner's slot 1
     chain_at: int = 0  # depth of the rank-0 node the lookup chain hangs under
     chain_length: int = 0  # chain nodes: the last ``chain_length`` candidate nodes
 
@@ -136,6 +141,13 @@ def build_buffers(
         [(len(path) - 1) * k_max + path[-1] for path in paths[1 : len(paths) - chain_length]],
         dtype=torch.long,
     )
+    slot_groups: list[tuple[int, ...]] = []
+    first_group = [-1] * num_tokens
+    for owner in range(num_tokens):
+        if slots[owner]:
+            first_group[owner] = len(slot_groups)
+        for j in range(slots[owner]):
+            slot_groups.append(tuple(int(i) for i in slot_inputs[owner, j].tolist()))
     leaves = [i for i in range(1, num_tokens) if not children[i]]
     width = max(depth, chain_at + chain_length, 1)
     path_rows = [ancestors[leaf][1:] + [num_inputs] * (width - len(paths[leaf])) for leaf in leaves]
@@ -154,6 +166,30 @@ def build_buffers(
         slot_inputs=slot_inputs,
         node_slots=tuple(slots),
         children=tuple(tuple(c) for c in children),
+        input_paths=tuple(paths),
+        slot_groups=tuple(slot_groups),
+        first_group=tuple(first_group),
         chain_at=chain_at,
         chain_length=chain_length,
     )
+
+
+class TreeSteps:
+    """The buffers one tree spec decodes with: one per depth, and per lookup chain shape on demand."""
+
+    def __init__(self, spec: TreeSpec, ensemble: int = 1) -> None:
+        self.spec = spec
+        self.ensemble = ensemble
+        depths = range(spec.num_prompt_tokens + 1)
+        self.by_depth = [build_buffers(spec, depth, ensemble) for depth in depths]
+        self.rank0_reach = [rank0_reach(spec, depth) for depth in depths]  # how deep rank 0 goes
+        self.max_inputs = max(b.num_inputs for b in self.by_depth)  # the largest step of the tree
+        self._chains: dict[tuple[int, int, int], TreeBuffers] = {}  # (depth, chain_at, length)
+
+    def buffers(self, depth: int, chain_at: int = 0, chain_length: int = 0) -> TreeBuffers:
+        if not chain_length:
+            return self.by_depth[depth]
+        key = (depth, chain_at, chain_length)
+        if key not in self._chains:
+            self._chains[key] = build_buffers(self.spec, depth, self.ensemble, chain_at, chain_length)
+        return self._chains[key]

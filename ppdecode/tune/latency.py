@@ -1,10 +1,11 @@
 """Forward latency L_fp(n) of n step inputs on top of a realistic cache, measured on this device (METHOD §5).
 
-The measured forward is the engine's own: ``ModelRunner.forward`` with token and prompt-slot embeddings,
-tree positions, a tree-shaped attention mask over the committed cache, and (for deep prompt tokens) the
-per-layer vectors active at the slot positions. Only the tree's shape is synthetic: a root carrying
-min(N, n − 1) prompt slots plus a star of n − 1 − slots candidates, which has exactly n inputs. The mask's
-contents do not change the cost of a dense attention kernel; its size does.
+The measured forward is the engine's own: ``step.build_inputs`` and ``step.run_forward`` with token and
+prompt-slot embeddings, tree positions, a tree-shaped attention mask over the committed cache, and (for
+deep prompt tokens) the per-layer vectors at the slot positions, for a batch of rows. Only the tree's
+shape is synthetic: a root carrying min(N, n − 1) prompt slots plus a star of n − 1 − slots candidates,
+which has exactly n inputs. The mask's contents do not change the cost of a dense attention kernel; its
+size does.
 
 Sizes are measured round-robin (every size once per round, rounds repeated) so that a burst of load from
 another process spreads over all sizes instead of distorting one, and each size keeps the median.
@@ -24,10 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ppdecode.cache import KVCache
-from ppdecode.forward import ModelRunner, step_attend
+from ppdecode.engine import VANILLA, VANILLA_TREE
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens
-from ppdecode.tree.buffers import TreeBuffers, build_buffers
+from ppdecode.step import RowPlan, build_inputs, run_forward
+from ppdecode.tree.buffers import build_buffers
 from ppdecode.tree.spec import TreeNode, TreeSpec
 
 logger = logging.getLogger(__name__)
@@ -132,48 +134,21 @@ def probe_tree(n: int, num_prompt_tokens: int) -> tuple[TreeSpec, int]:
     return spec, 1 if nodes else 0
 
 
-class _Probe:
-    """One synthetic step of n inputs, ready to run repeatedly on top of the cache."""
-
-    def __init__(self, runner: ModelRunner, tokens: PromptTokens | None, cache_length: int, n: int) -> None:
-        device = runner.device
-        self.runner, self.tokens, self.n = runner, tokens, n
-        generator = torch.Generator().manual_seed(n)
-        vocab = runner.embedding.num_embeddings
-        if n == 1 or tokens is None:  # vanilla-shaped: token inputs only, plain causal when n == 1
-            ids = torch.randint(vocab, (n,), generator=generator).to(device)  # [n]
-            self.embeds = runner.embed(ids)  # [n, H]
-            self.positions = cache_length + torch.arange(n, device=device)  # [n]
-            self.attend = None if n == 1 else step_attend(cache_length, 0, torch.ones(n, n).tril().bool())
-            self.slot_positions = self.slot_index = torch.zeros(0, dtype=torch.long, device=device)
-            return
+def probe_plans(
+    tokens: PromptTokens | None, vocab: int, cache_length: int, n: int, batch: int = 1
+) -> list[RowPlan]:
+    """``batch`` rows of one synthetic step of ``n`` inputs each, on top of ``cache_length`` rows."""
+    if n == 1:
+        buffers = VANILLA
+    elif tokens is None:  # token inputs only: a causal chain under the root, the shape of a lookup chain
+        buffers = build_buffers(VANILLA_TREE, 0, 1, 0, n - 1)
+    else:
         spec, depth = probe_tree(n, tokens.num_prompt_tokens)
         # Ensemble members are just more slot inputs: one member keeps the step at exactly n inputs.
-        buffers: TreeBuffers = build_buffers(spec, depth, 1)
-        num_token_inputs = 1 + buffers.num_nodes
-        ids = torch.randint(vocab, (num_token_inputs,), generator=generator).to(device)
-        embeds = runner.embed(ids)  # [1 + num_nodes, H]
-        self.slot_index = buffers.slot_prompt_index.to(device)  # [num_slot_inputs]
-        slots = tokens.slot_embeddings(self.slot_index, buffers.slot_member.to(device), embeds.dtype)
-        self.embeds = torch.cat([embeds, slots])  # [n, H]
-        self.positions = cache_length + buffers.position_offsets.to(device)  # [n]
-        self.attend = step_attend(cache_length, 0, buffers.attend)  # [n, cache_length + n]
-        self.slot_positions = torch.arange(num_token_inputs, buffers.num_inputs, device=device)
-
-    def run(self, cache: KVCache, cache_length: int) -> float:
-        """Seconds of one forward; the cache is cropped back to ``cache_length`` afterwards."""
-        device = self.runner.device
-        start = time.perf_counter()
-        if self.tokens is not None and self.slot_positions.numel():
-            with self.tokens.active(self.slot_positions, self.slot_index):
-                self.runner.forward(self.embeds, self.positions, self.attend, cache)
-        else:
-            self.runner.forward(self.embeds, self.positions, self.attend, cache)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - start
-        cache.crop(cache_length)
-        return elapsed
+        buffers = build_buffers(spec, depth, 1)
+    generator = torch.Generator().manual_seed(n)
+    ids = torch.randint(vocab, (batch, 1 + buffers.num_nodes), generator=generator).tolist()
+    return [RowPlan(cache_length, tuple(row), buffers) for row in ids]
 
 
 @torch.inference_mode()
@@ -185,39 +160,50 @@ def measure_forward_latency(
     repeats: int = 5,
     warmup: int = 1,
     progress: bool = False,
+    batch: int = 1,
 ) -> dict[int, float]:
-    """Median forward latency in ms of each input size, on top of ``cache_length`` committed rows."""
+    """Median forward latency in ms of each input size per row, ``batch`` rows on ``cache_length`` each."""
     sizes = sorted(set(sizes))
     if not sizes or sizes[0] < 1:
         raise ValueError(f"sizes must be >= 1, got {sizes}")
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    if repeats < 1 or warmup < 0 or batch < 1:
+        raise ValueError(
+            f"repeats and batch must be >= 1 and warmup >= 0, got repeats={repeats}, batch={batch}, "
+            f"warmup={warmup}"
+        )
     if cache_length < 1 or cache_length + sizes[-1] > base.context_length:
         raise ValueError(
             f"cache_length {cache_length} plus the largest size {sizes[-1]} must fit the model's context "
             f"({base.context_length}); lower --budgets or the cache length"
         )
-    runner = ModelRunner(base)
-    cache = KVCache()
+    vocab = base.model.get_input_embeddings().num_embeddings
+    cache = KVCache(base.model, batch, cache_length + sizes[-1])
     generator = torch.Generator().manual_seed(0)
-    context = torch.randint(runner.embedding.num_embeddings, (cache_length,), generator=generator)  # [C]
-    positions = torch.arange(cache_length, device=runner.device)  # [C]
-    runner.forward(runner.embed(context.to(runner.device)), positions, None, cache, keep_last=1)  # C rows
-    probes = [_Probe(runner, tokens, cache_length, n) for n in sizes]
+    context = torch.randint(vocab, (batch, cache_length), generator=generator).tolist()  # [B, C]
+    fill = [RowPlan(0, (row[-1],), VANILLA, tuple(row[:-1])) for row in context]
+    run_forward(base, build_inputs(base, tokens, fill), cache)  # C committed rows each
+    probes = {
+        n: build_inputs(base, tokens, probe_plans(tokens, vocab, cache_length, n, batch)) for n in sizes
+    }
     times: dict[int, list[float]] = {n: [] for n in sizes}
     rounds = warmup + repeats
-    with tqdm(total=rounds * len(sizes), desc="forward latency", unit="fwd", disable=not progress) as bar:
+    desc = f"forward latency (batch {batch})"
+    with tqdm(total=rounds * len(sizes), desc=desc, unit="fwd", disable=not progress) as bar:
         for round_ in range(rounds):
-            for probe in probes:
-                elapsed = probe.run(cache, cache_length)
+            for n, inputs in probes.items():
+                start = time.perf_counter()
+                run_forward(base, inputs, cache)  # written past the committed rows, never committed
+                if base.device.type == "cuda":
+                    torch.cuda.synchronize(base.device)
                 if round_ >= warmup:
-                    times[probe.n].append(elapsed)
+                    times[n].append(time.perf_counter() - start)
                 bar.update()
     medians = {n: 1000 * statistics.median(samples) for n, samples in times.items()}
     logger.info(
-        "forward latency on %s (%s): %s",
+        "forward latency on %s (%s, batch %d): %s",
         base.device,
         base.dtype,
+        batch,
         {n: round(ms, 2) for n, ms in medians.items()},
     )
     return medians

@@ -1,9 +1,10 @@
-"""Plots of a hardware profile (PNG, matplotlib's Agg backend, imported only when plotting)."""
+"""Plots of a hardware profile (PNG, matplotlib's Agg backend, imported only when plotting; optional)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ppdecode.plotting import pyplot
 from ppdecode.tune.store import HardwareProfile
 
 LATENCY_PNG = "tune-latency.png"
@@ -12,12 +13,13 @@ SPEEDUP_PNG = "tune-speedup.png"
 
 
 def write_plots(profile: HardwareProfile, out_dir: str | Path) -> list[Path]:
-    """Forward latency vs input size; expected and measured τ vs budget; speed-up vs budget."""
-    import matplotlib
+    """Forward latency vs input size; expected and measured τ vs budget; speed-up vs budget.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Returns the files written: none without matplotlib (a warning says the plots were skipped).
+    """
+    plt = pyplot("the tuning plots")
+    if plt is None:
+        return []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     key = profile.key

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens
@@ -77,6 +78,32 @@ def resolve_tree(
             "or use --tree auto"
         )
     return spec
+
+
+def resolve_trees(
+    base: LoadedModel,
+    prompt_tokens: PromptTokens,
+    tree: str | Path | TreeSpec = AUTO,
+    allow_tune: bool = True,
+) -> dict[int, TreeSpec | None]:
+    """The tree per number of active rows (``Engine(tree=...)``): a hardware profile's batch choices
+    where "auto" or the given profile has them, else the one tree of ``resolve_tree`` for every size."""
+    single = resolve_tree(base, prompt_tokens, tree, allow_tune)
+    profile = None
+    if isinstance(tree, str | Path) and str(tree) == AUTO:
+        profile = load_profile(current_key(base, prompt_tokens))
+    elif isinstance(tree, str | Path) and _is_profile(tree):
+        profile = HardwareProfile.read(tree)
+    if profile is None or profile.tree != single:
+        batch = single.meta.get("batch")  # a shipped tree may carry its batch choices
+        if not isinstance(batch, dict):
+            return {1: single}
+        return {1: single, **{int(b): _batch_tree(spec) for b, spec in batch.items()}}
+    return profile.trees()
+
+
+def _batch_tree(data: Any) -> TreeSpec | None:
+    return None if data is None else TreeSpec.from_dict(data, source="a shipped tree's batch choice")
 
 
 def _is_profile(tree: str | Path) -> bool:
@@ -157,6 +184,12 @@ def _shipped_tree(key: HardwareKey) -> TreeSpec | None:
         or spec.num_prompt_tokens != key.num_prompt_tokens
     ):
         logger.info("the shipped tree %s was tuned with other prompt tokens; not using it", path.name)
+        return None
+    if tuned.get("dtype") != key.dtype:
+        # multi-token forwards cost far more in float32 than in bf16 on a CPU: a tree tuned for one
+        # dtype is no guide for the other
+        logger.info("the shipped tree %s was tuned for %s, not %s; not using it", path.name,
+                    tuned.get("dtype"), key.dtype)
         return None
     logger.info("tree: shipped %s (tuned on %s, %s, %s threads)", path.name, tuned.get("device_name"),
                 tuned.get("dtype"), tuned.get("threads"))

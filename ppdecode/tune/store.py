@@ -156,6 +156,37 @@ class BudgetRow:
 
 
 @dataclass(frozen=True)
+class BatchChoice:
+    """The tree chosen for ``batch`` active rows, from forwards of B x n inputs (None: vanilla)."""
+
+    batch: int
+    latency: LatencyProfile  # per-row input sizes n, forwards of ``batch`` rows
+    budget: int  # 0: vanilla decoding
+    speedup: float  # predicted throughput over vanilla decoding at this batch size
+    tree: TreeSpec | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "latency": self.latency.to_dict(),
+            "budget": self.budget,
+            "speedup": round(self.speedup, 4),
+            "tree": None if self.tree is None else self.tree.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> BatchChoice:
+        tree = data.get("tree")
+        return cls(
+            batch=int(data["batch"]),
+            latency=LatencyProfile.from_dict(data["latency"]),
+            budget=int(data["budget"]),
+            speedup=float(data["speedup"]),
+            tree=None if tree is None else TreeSpec.from_dict(tree, source=f"{source}: batch tree"),
+        )
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     """What ``ppd tune`` measured on one device and which tree it chose."""
 
@@ -169,6 +200,11 @@ class HardwareProfile:
     quick: bool
     accuracy_source: str
     created: str = ""
+    batch: tuple[BatchChoice, ...] = ()  # the choice for larger batch sizes, ascending
+
+    def trees(self) -> dict[int, TreeSpec | None]:
+        """The tree per number of active rows (from that many on), for ``Engine(tree=...)``."""
+        return {1: self.tree, **{choice.batch: choice.tree for choice in self.batch}}
 
     def row(self, budget: int) -> BudgetRow:
         for row in self.rows:
@@ -196,6 +232,7 @@ class HardwareProfile:
             "chosen_budget": self.chosen_budget,
             "budgets": [row.to_dict() for row in self.rows],
             "tree": self.tree.to_dict(),
+            "batch": [choice.to_dict() for choice in self.batch],
         }
 
     @classmethod
@@ -220,6 +257,7 @@ class HardwareProfile:
                 quick=bool(data["quick"]),
                 accuracy_source=str(data.get("accuracy_source", "")),
                 created=str(data.get("created", "")),
+                batch=tuple(BatchChoice.from_dict(choice, source) for choice in data.get("batch", [])),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source} is corrupt ({err}); delete it and re-run `ppd tune`") from None
@@ -249,7 +287,7 @@ class HardwareProfile:
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def profiles_dir() -> Path:

@@ -6,6 +6,8 @@
 4. Predict each budget's tokens/s and speed-up; the best prediction is the candidate choice.
 5. Optionally confirm: decode held-out prompts with the best few trees and with vanilla decoding;
    a budget measured faster than the predicted best by more than the noise tolerance takes its place.
+6. For each larger batch size served (METHOD §8), profile forwards of B rows x n inputs and choose the
+   budget with the best predicted throughput Σ τ / L(B·n), or vanilla decoding where no tree pays.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ppdecode.tune.choice import (
 from ppdecode.tune.decode import DecodeMeasurement, held_out_prompts, measure_decoding
 from ppdecode.tune.latency import LatencyProfile, measure_forward_latency
 from ppdecode.tune.store import (
+    BatchChoice,
     BudgetRow,
     HardwareKey,
     HardwareProfile,
@@ -62,6 +65,7 @@ class TuneConfig:
     max_new_tokens: int = 128
     confirm_repeats: int = 1  # runs of each confirmation generation; the fastest counts
     top_k: int | None = None  # cap on candidate ranks for the builder
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8)  # active rows to choose a tree for (1 always)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -71,11 +75,14 @@ class TuneConfig:
             raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
         if min(self.max_new_tokens, self.overhead_tokens, self.prompts, self.confirm_repeats) < 1:
             raise ValueError("max_new_tokens, overhead_tokens, prompts and confirm_repeats must be >= 1")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {list(self.batch_sizes)}")
 
     @classmethod
     def quick_preset(cls, **overrides: object) -> TuneConfig:
         settings: dict[str, object] = {
-            "quick": True, "repeats": 3, "warmup": 1, "overhead_tokens": 16, "confirm": 0, **overrides
+            "quick": True, "repeats": 3, "warmup": 1, "overhead_tokens": 16, "confirm": 0,
+            "batch_sizes": (1, 4), **overrides
         }
         return cls(**settings)  # type: ignore[arg-type]
 
@@ -196,10 +203,49 @@ def tune(
     rows = tuple(
         BudgetRow(p, o.input_sizes, measured.get(p.budget)) for p, o in zip(predictions, options, strict=True)
     )
+    batch = tuple(
+        _batch_choice(base, tokens, options, family, sizes, latency, size, config, say)
+        for size in sorted(set(config.batch_sizes) - {1})
+    )
     return HardwareProfile(
         key=key, latency=latency, rows=rows, vanilla=vanilla, predicted_budget=predicted,
         chosen_budget=chosen, tree=tree, quick=config.quick, accuracy_source=accuracy.source, created=now(),
+        batch=batch,
     )
+
+
+def _batch_choice(
+    base: LoadedModel,
+    tokens: PromptTokens,
+    options: list[BudgetOption],
+    family: list[TreeSpec],
+    sizes: list[int],
+    single: LatencyProfile,
+    batch: int,
+    config: TuneConfig,
+    say: Callable[[str], None],
+) -> BatchChoice:
+    """The tree for ``batch`` active rows: each row's τ is the batch-1 τ, the forward costs L(B·n)."""
+    medians = measure_forward_latency(
+        base, tokens, sizes, config.cache_length, config.repeats, config.warmup, config.progress, batch
+    )
+    latency = LatencyProfile(
+        sizes=tuple(sorted(medians)),
+        forward_ms=tuple(medians[s] for s in sorted(medians)),
+        cache_length=config.cache_length,
+        repeats=config.repeats,
+        # the loop's work outside the forward is per row
+        step_overhead_ms=single.step_overhead_ms * batch,
+        vanilla_overhead_ms=single.vanilla_overhead_ms * batch,
+    )
+    best = best_predicted(predict_all(options, latency))
+    pays = best.speedup > 1.0
+    tree = family[[o.budget for o in options].index(best.budget)] if pays else None
+    say(
+        f"batch {batch}: "
+        + (f"budget {best.budget} ({best.speedup:.2f}x over vanilla)" if pays else "vanilla (no tree pays)")
+    )
+    return BatchChoice(batch, latency, best.budget if pays else 0, best.speedup, tree)
 
 
 def family_of(profile: HardwareProfile, accuracy: Accuracy, top_k: int | None = None) -> list[TreeSpec]:
