@@ -36,6 +36,7 @@ __all__ = [
     "TreeSpec",
     "load",
     "load_model",
+    "wrap",
 ]
 
 # Public names and their modules, imported on first use (PEP 562): `import ppdecode` and the `ppd`
@@ -75,24 +76,61 @@ def load(
     tune: bool = True,
     **engine_options: Any,
 ) -> Engine:
-    """An engine for ``model`` with its prompt tokens (``"default"``: the shipped ones; None: vanilla).
+    """An engine for ``model`` with its prompt tokens (None: vanilla decoding).
 
-    ``tree="auto"`` takes the tree tuned for this device (a stored hardware profile, else the tree
-    shipped for this model and device type, else a quick tune unless ``tune=False``); any other value
+    ``prompt_tokens="default"`` takes the tokens ``ppd prepare`` registered for this model, else the
+    shipped ones. ``tree="auto"`` takes the tree tuned for this device (a stored hardware profile, else
+    the tree prepared or shipped for this model and device type, else a quick tune unless
+    ``tune=False``); any other value
     is a tree JSON path, a packaged tree name or a hardware profile. ``engine_options`` go to
     ``Engine`` (``max_batch``, ``max_length``, ``cache_memory``, ``prefill_chunk``).
     """
-    from ppdecode.engine import Engine
     from ppdecode.models import load_model
+
+    base = load_model(model, device=device, dtype=dtype)
+    return _engine(base, prompt_tokens, tree, tune, engine_options)
+
+
+def wrap(
+    model: Any,
+    tokenizer: Any,
+    prompt_tokens: str | Path | PromptTokens | None = "default",
+    tree: str | Path | TreeSpec = "auto",
+    name: str | None = None,
+    tune: bool = True,
+    **engine_options: Any,
+) -> Engine:
+    """An engine for a transformers causal LM you already hold (loaded with ``attn_implementation="sdpa"``).
+
+    The model is put in evaluation mode without gradients (``LoadedModel.wrap``); its device and
+    dtype are kept. ``name`` (default: the last part of its ``name_or_path``) finds the prompt tokens
+    ``ppd prepare`` registered for it, or the shipped ones; ``prompt_tokens``, ``tree``, ``tune`` and
+    ``engine_options`` are as for ``load``, and ``prompt_tokens`` may also be a ``PromptTokens`` object.
+    """
+    from ppdecode.models import LoadedModel
+
+    return _engine(LoadedModel.wrap(model, tokenizer, name), prompt_tokens, tree, tune, engine_options)
+
+
+def _engine(
+    base: LoadedModel,
+    prompt_tokens: str | Path | PromptTokens | None,
+    tree: str | Path | TreeSpec,
+    tune: bool,
+    engine_options: dict[str, Any],
+) -> Engine:
+    from ppdecode.engine import Engine
     from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
     from ppdecode.tune.resolve import resolve_trees
 
-    base = load_model(model, device=device, dtype=dtype)
-    tokens = None
-    if prompt_tokens == "default":
+    if isinstance(prompt_tokens, PromptTokens):
+        tokens: PromptTokens | None = prompt_tokens
+    elif prompt_tokens == "default":
         tokens = default_prompt_tokens(base)
     elif prompt_tokens is not None:
         tokens = PromptTokens.load(prompt_tokens, base)
+    else:
+        tokens = None
     if tokens is None:
         return Engine(base, **engine_options)
     return Engine(base, tokens, resolve_trees(base, tokens, tree, allow_tune=tune), **engine_options)

@@ -65,6 +65,41 @@ class LoadedModel:
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         return int(getattr(text_config, "max_position_embeddings", 2048))
 
+    @classmethod
+    def wrap(cls, model: Any, tokenizer: Any, name: str | None = None) -> LoadedModel:
+        """A model already in memory (a transformers causal LM and its tokenizer), frozen for decoding.
+
+        Like ``load_model`` it computes the fingerprint and the EOS ids, and puts the model in
+        evaluation mode without gradients (this changes ``model`` itself). ``name`` (default: the
+        last part of the model's ``name_or_path``) is what prepared prompt tokens and trees are found
+        by. The engine feeds 4D float masks, so the model must use sdpa attention.
+        """
+        head = getattr(model, "get_output_embeddings", None)
+        if not callable(head) or head() is None:
+            raise ValueError(
+                f"{type(model).__name__} has no output layer: wrap a causal LM "
+                "(AutoModelForCausalLM.from_pretrained(...)), not its base model"
+            )
+        attention = getattr(model.config, "_attn_implementation", None)
+        if attention != "sdpa":
+            raise ValueError(
+                f"the model uses {attention!r} attention; the engine needs 'sdpa' (it passes 4D float "
+                "masks): load it with AutoModelForCausalLM.from_pretrained(..., attn_implementation='sdpa') "
+                "or call model.set_attn_implementation('sdpa') first"
+            )
+        if name is None:
+            name = Path(str(getattr(model.config, "name_or_path", "") or "model")).name or "model"
+        model.eval()
+        model.requires_grad_(False)
+        eos: set[int] = set()
+        generation_config = getattr(model, "generation_config", None)
+        for source in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+            if isinstance(source, int):
+                eos.add(source)
+            elif source:
+                eos.update(int(token) for token in source)
+        return cls(name, model, tokenizer, fingerprint(model, tokenizer), tuple(sorted(eos)))
+
 
 def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if isinstance(name, torch.dtype):
@@ -218,15 +253,7 @@ def load_model(
     model: Any = AutoModelForCausalLM.from_pretrained(
         directory, dtype=torch_dtype, attn_implementation="sdpa"
     )
-    model.to(torch_device).eval()
-    model.requires_grad_(False)
-    eos: set[int] = set()
-    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(source, int):
-            eos.add(source)
-        elif source:
-            eos.update(int(token) for token in source)
-    return LoadedModel(name, model, tokenizer, fingerprint(model, tokenizer), tuple(sorted(eos)))
+    return LoadedModel.wrap(model.to(torch_device), tokenizer, name)
 
 
 def device_name(device: torch.device) -> str:

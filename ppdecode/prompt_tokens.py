@@ -257,13 +257,26 @@ def packaged_tokens_path(model_name: str) -> Path:
 
 
 def default_prompt_tokens(base: LoadedModel) -> PromptTokens:
-    """The trained tokens shipped for ``base`` if any, else an untrained initialisation (with a warning)."""
+    """The tokens ``ppd prepare`` registered for ``base``, else the shipped ones, else an untrained
+    initialisation (with a warning)."""
+    from ppdecode.prepare.registry import prepared_tokens_path
+
+    prepared = prepared_tokens_path(base)
+    if prepared is not None:
+        try:
+            tokens = PromptTokens.load(prepared, base)
+        except ValueError as err:
+            logger.warning("ignoring the prepared prompt tokens (%s); run `ppd prepare` again", err)
+        else:
+            logger.info("prompt tokens: prepared for %s (%s)", base.name, prepared)
+            return tokens
     shipped = packaged_tokens_path(base.name)
     if (shipped / CONFIG).is_file():
         return PromptTokens.load(shipped, base)
     logger.warning(
         "no trained prompt tokens ship for %s: using an untrained initialisation (few guesses will be "
-        "accepted); train some with `ppd train`",
+        "accepted); make some with `ppd prepare --model %s`",
+        base.name,
         base.name,
     )
     return PromptTokens.initial(base)

@@ -84,18 +84,25 @@ def _attend(plans: list[RowPlan], width: int, key_length: int) -> torch.Tensor:
     return attend
 
 
+def sliding_window(base: LoadedModel) -> int | None:
+    """The window of the model's sliding-window layers, None if it has none."""
+    text_config = base.model.config.get_text_config()
+    if "sliding_attention" not in (getattr(text_config, "layer_types", None) or []):
+        return None
+    return getattr(text_config, "sliding_window", None)
+
+
 def additive_mask(base: LoadedModel, attend: torch.Tensor, positions: torch.Tensor) -> Any:
     """[B, W, K] bool + [B, W] positions -> additive float mask(s) [B, 1, W, K] in the model's dtype.
 
     Sliding-window layers (Gemma 3) get their own mask under the key of their layer type; a committed
     key's position is its cache index.
     """
-    model, device, dtype = base.model, base.device, base.dtype
+    device, dtype = base.device, base.dtype
     blocked = torch.finfo(dtype).min
     full = torch.zeros(attend.shape, dtype=dtype).masked_fill_(~attend, blocked).to(device)[:, None]
-    text_config = model.config.get_text_config()
-    window = getattr(text_config, "sliding_window", None)
-    if "sliding_attention" not in (getattr(text_config, "layer_types", None) or []) or window is None:
+    window = sliding_window(base)
+    if window is None:
         return full
     keys = torch.arange(attend.shape[-1])
     outside = keys[None, None, :] <= positions.cpu()[:, :, None] - window  # [B, W, K]
@@ -140,7 +147,8 @@ def build_inputs(
             prompt_index, torch.cat(slot_member).to(device), embeds.dtype
         )
         extra = prompt_tokens.forward_kwargs(columns, prompt_index, rows)
-    plain = b == 1 and width == 1  # one token on a full row: causal attention needs no mask
+    # one token on a full row: causal attention needs no mask (a sliding window always does)
+    plain = b == 1 and width == 1 and sliding_window(base) is None
     mask = None if plain else additive_mask(base, _attend(plans, width, key_length), positions)
     return StepInputs(
         first_row=first_row,

@@ -187,8 +187,9 @@ def batch_verdicts(
         first_group.append(len(group_index))
         base = row * c + len(plan.prefix) - logits_from
         group_index.extend([base + i for i in group] for group in plan.buffers.slot_groups)
-    # float32 first: a CPU's argmax over bf16 rows is several times slower than the conversion
-    pieces = [logits.float().argmax(dim=-1).flatten()]  # [B * C]
+    # max(...).indices, not argmax: on a CPU, argmax over bf16 rows is several times slower (and a
+    # float32 copy of all logits would double the step's largest tensor)
+    pieces = [logits.max(dim=-1).indices.flatten()]  # [B * C]
     if group_index:
         index = torch.tensor(group_index, device=logits.device)  # [G, V]
         groups = flat[index[:, 0]].float() if index.shape[1] == 1 else flat[index].float().mean(dim=1)

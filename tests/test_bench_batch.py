@@ -29,7 +29,6 @@ from ppdecode.bench.methods import _until_eos
 from ppdecode.bench.plots import save_batch_plots
 from ppdecode.bench.report import batch_columns, batch_rows, batch_tables, build_batch_summary
 from ppdecode.cli import app
-from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel
 
 
@@ -312,7 +311,6 @@ QUESTIONS = [
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not hasattr(Engine, "generate_batch_ids"), reason="the batched engine has not landed")
 def test_a_real_batch_run(smollm_f32: LoadedModel, tmp_path: Path) -> None:
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
@@ -353,4 +351,8 @@ def test_a_real_batch_run(smollm_f32: LoadedModel, tmp_path: Path) -> None:
     assert summary["mode"] == "batch" and summary["environment"]["dtype"] == "float32"
     assert {s["method"] for s in summary["summaries"]} == set(methods)
     assert summary["memory"]["by_batch_size"]["2"]["overhead_bytes"] > 0
+    assert "1" in summary["methods"]["ppd"]["trees_by_batch_size"]  # the tree the engine decodes with
+    assert summary["methods"]["ppd"]["extra_buffer_bytes"] > 0
+    caches = [s["cache"] for s in summary["summaries"] if s["method"] in ("vanilla", "ppd")]
+    assert all(c["max_rows"] == 2 and c["bytes"] > 0 for c in caches)  # engines hold the largest B
     assert result.files["records"] == out / "records.jsonl"

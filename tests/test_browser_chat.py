@@ -49,7 +49,7 @@ def browser() -> Iterator[object]:
 
 
 def test_chat_page_streams_highlights_and_reports_unreachable(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    engine = load(device="cpu", dtype="float32", max_batch=2)
+    engine = load(device="cpu", dtype="float32", tree="default", max_batch=2, max_length=1024)
     server = BackgroundServer(create_app(engine, ServerConfig()))
     page = browser.new_page(viewport={"width": 1000, "height": 760})
     with server:

@@ -31,7 +31,8 @@ COMPLETION_PROMPT = "def fibonacci(n):"
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return load(device="cpu", dtype="float32", max_batch=8)
+    # a short cache: these prompts and replies are short, and the machine may be shared
+    return load(device="cpu", dtype="float32", tree="default", max_batch=8, max_length=1024)
 
 
 @pytest.fixture(scope="module")

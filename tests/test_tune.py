@@ -489,12 +489,61 @@ def test_quick_tune_on_the_default_model(cache: Path, no_shipped: Path) -> None:
     os.environ["PPDECODE_CACHE"] = str(cache)  # ... and the profile goes to the temporary one
     tokens = default_prompt_tokens(base)
     config = TuneConfig.quick_preset(budgets=(5, 8), repeats=1, overhead_tokens=4, confirm=1, prompts=1,
-                                     max_new_tokens=6, progress=False)
+                                     max_new_tokens=6, progress=False, batch_sizes=(1, 2))
     profile = tune(base, tokens, ACC, config)
     assert profile.key == current_key(base, tokens)
     assert [row.budget for row in profile.rows] == [5, 8]
     assert profile.latency.sizes[0] == 1 and all(ms > 0 for ms in profile.latency.forward_ms)
     assert profile.chosen_budget in (5, 8) and profile.vanilla is not None
     assert profile.tree.meta["tuned_for"]["prompt_tokens"] == tokens_identity(tokens)
+    assert [choice.batch for choice in profile.batch] == [2]
+    assert profile.batch[0].latency.sizes == profile.latency.sizes and profile.batch[0].budget in (0, 5, 8)
     save_profile(profile)
     assert resolve_tree(base, tokens, "auto", allow_tune=False) == profile.tree
+
+
+# ---- batch sizes and dtypes ---------------------------------------------------------------------
+
+
+def test_the_tree_shrinks_then_turns_off_as_the_forward_turns_compute_bound() -> None:
+    from ppdecode.tune.tuner import choose_for_batch
+
+    light = choose_for_batch(2, OPTIONS, FAMILY, linear_profile(20.0, 0.1))  # inputs nearly free
+    heavy = choose_for_batch(4, OPTIONS, FAMILY, linear_profile(30.0, 1.2))  # dearer inputs
+    off = choose_for_batch(16, OPTIONS, FAMILY, linear_profile(30.0, 30.0))  # each input a forward
+    assert light.tree is not None and heavy.tree is not None and light.budget > heavy.budget
+    assert off.tree is None and off.budget == 0 and off.speedup <= 1.0
+
+
+def test_batch_choices_round_trip_and_reach_the_engine(cache: Path, no_shipped: Path) -> None:
+    from ppdecode.tune.resolve import resolve_trees
+    from ppdecode.tune.store import BatchChoice
+
+    base, tokens = fake_base(), fake_tokens()
+    profile = fake_profile(base, tokens, budget=16)
+    small = build_tree(ACC, 5)
+    profile = HardwareProfile(**{
+        **{f: getattr(profile, f) for f in profile.__dataclass_fields__},
+        "batch": (BatchChoice(4, CPU_LIKE, 5, 1.1, small), BatchChoice(8, CPU_LIKE, 0, 0.9, None)),
+    })
+    save_profile(profile)
+    assert load_profile(current_key(base, tokens)) == profile
+    assert resolve_trees(base, tokens, "auto", allow_tune=False) == {1: profile.tree, 4: small, 8: None}
+    # shipped as a device type's tree, the batch choices travel in the tree's meta
+    shipped = profile.exported_tree()
+    tuned = TreeSpec(shipped.num_prompt_tokens, shipped.top_k, shipped.trees, shipped.root_slots,
+                     meta={**shipped.meta, "tuned_for": current_key(base, tokens).to_dict()})
+    tuned.save(no_shipped / f"{base.name}-cpu.json")
+    profile_path(current_key(base, tokens)).unlink()
+    assert resolve_trees(base, tokens, "auto", allow_tune=False) == {1: profile.tree, 4: small, 8: None}
+
+
+def test_a_shipped_tree_is_not_used_for_another_dtype(cache: Path, no_shipped: Path) -> None:
+    base, tokens = fake_base(), fake_tokens()
+    key = current_key(base, tokens)
+    tree = build_tree(ACC, 20)
+    other = {**key.to_dict(), "dtype": "bfloat16" if key.dtype != "bfloat16" else "float32"}
+    shipped = TreeSpec(tree.num_prompt_tokens, tree.top_k, tree.trees, tree.root_slots,
+                       meta={**tree.meta, "tuned_for": other})
+    shipped.save(no_shipped / f"{base.name}-cpu.json")
+    assert resolve_tree(base, tokens, "auto", allow_tune=False) == load_tree("default")

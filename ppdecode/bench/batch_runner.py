@@ -46,13 +46,13 @@ from ppdecode.bench.runner import (
     default_output_dir,
     load_prompt_tokens,
     ppd_overhead,
+    spec_info,
     torch_threads,
-    tree_info,
     write_run,
 )
 from ppdecode.engine import Engine
 from ppdecode.models import DEFAULT_MODEL, LoadedModel, load_model
-from ppdecode.tune.resolve import AUTO, resolve_tree
+from ppdecode.tune.resolve import AUTO, resolve_trees
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +133,9 @@ def build_batch_methods(
             methods.append(EngineMethod("vanilla", engine, use_ppd=False))
         elif family == "ppd":
             tokens = load_prompt_tokens(config.prompt_tokens, base)
-            tree = resolve_tree(base, tokens, config.tree, allow_tune=False, progress=False)
-            engine = Engine(base, tokens, tree, max_batch=max_batch, max_length=max_length)
+            # the engine's choice: one tree, or one per number of active rows (a tuned profile's)
+            trees = resolve_trees(base, tokens, config.tree, allow_tune=False)
+            engine = Engine(base, tokens, trees, max_batch=max_batch, max_length=max_length)
             methods.append(EngineMethod("ppd", engine, use_ppd=True))
         else:
             methods.append(HFMethod("hf-greedy", base, HFMode.GREEDY))
@@ -144,11 +145,18 @@ def build_batch_methods(
             "ppd": m.ppd,
             "extra_parameters": m.extra_parameters(),
             "extra_buffer_bytes": m.extra_buffer_bytes(),
-            **({"tree": tree_info(m)} if isinstance(m, EngineMethod) and m.ppd else {}),
+            **({"trees_by_batch_size": _trees(m.engine)} if isinstance(m, EngineMethod) and m.ppd else {}),
         }
         for m in methods
     }
     return methods, info
+
+
+def _trees(engine: Engine) -> dict[str, Any]:
+    """{from this many active rows on: the tree (None: vanilla decoding)}."""
+    return {
+        str(size): None if steps is None else spec_info(steps.spec) for size, steps in engine.trees.items()
+    }
 
 
 def run_batch_bench(

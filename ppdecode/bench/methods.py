@@ -29,7 +29,6 @@ import torch
 from ppdecode.config import GenerationConfig
 from ppdecode.engine import Engine, GenerationResult
 from ppdecode.models import LoadedModel
-from ppdecode.tree.buffers import build_buffers
 
 logger = logging.getLogger(__name__)
 
@@ -121,13 +120,11 @@ class EngineMethod:
         return tokens.num_parameters() if self.use_ppd and tokens is not None else 0
 
     def extra_buffer_bytes(self) -> int:
-        tree, tokens = self.engine.tree, self.engine.prompt_tokens
-        if not self.use_ppd or tree is None or tokens is None:
+        """The per-depth buffers of every tree the engine holds (one per batch size it chooses for)."""
+        if not self.use_ppd:
             return 0
-        return sum(
-            _buffer_bytes(build_buffers(tree, depth, tokens.ensemble))
-            for depth in range(tree.num_prompt_tokens + 1)
-        )
+        distinct = {id(steps): steps for steps in self.engine.trees.values() if steps is not None}
+        return sum(_buffer_bytes(steps.by_depth) for steps in distinct.values())
 
 
 def _engine_output(result: GenerationResult, seconds: float) -> RunOutput:

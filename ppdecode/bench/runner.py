@@ -183,6 +183,11 @@ def load_prompt_tokens(spec: str | None, base: LoadedModel) -> PromptTokens:
 def tree_info(method: EngineMethod) -> dict[str, Any]:
     tree = method.engine.tree
     assert tree is not None
+    return spec_info(tree)
+
+
+def spec_info(tree: TreeSpec) -> dict[str, Any]:
+    """What a summary records of a tree: its inputs per depth, top-k per depth, and its meta."""
     return {
         "input_sizes": {d: tree.input_size(d) for d in range(tree.num_prompt_tokens + 1)},
         "top_k": list(tree.top_k),

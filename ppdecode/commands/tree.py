@@ -103,6 +103,10 @@ def tune_command(
     repeats: Annotated[int | None, typer.Option(help="Timed forwards per size (median).")] = None,
     cache_length: Annotated[int, typer.Option(help="Committed tokens under the profiled forwards.")] = 256,
     top_k: Annotated[int | None, typer.Option(help=TOP_K_HELP)] = None,
+    batch_sizes: Annotated[
+        str,
+        typer.Option(help="Active rows to choose a tree for, e.g. 1,2,4,8,16 (forwards of B x n inputs)."),
+    ] = "1,2,4,8",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "auto",
     plots: Annotated[
@@ -141,7 +145,7 @@ def tune_command(
         "budgets": tuple(parse_budgets(budgets, n)) if budgets else (),
         "confirm": confirm, "prompts": prompts, "max_new_tokens": max_new_tokens,
         "confirm_repeats": confirm_repeats,
-        "cache_length": cache_length, "top_k": top_k,
+        "cache_length": cache_length, "top_k": top_k, "batch_sizes": _batch_sizes(batch_sizes),
     }
     if repeats is not None:
         settings["repeats"] = repeats
@@ -170,6 +174,16 @@ def tune_command(
     console.print(result)
     console.print(f"chosen budget: {profile.chosen_budget} (predicted best: {profile.predicted_budget}); "
                   f"profile: {saved}")
+    if profile.batch:
+        batch = Table(title="tree per batch size (forwards of B rows x n inputs)")
+        for column in ("active rows", "budget", "pred speed-up over vanilla", "vanilla ms/step"):
+            batch.add_column(column, justify="right")
+        for choice in profile.batch:
+            batch.add_row(
+                str(choice.batch), str(choice.budget) if choice.tree is not None else "vanilla",
+                f"{choice.speedup:.2f}x", f"{choice.latency.step_ms(1):.1f}",
+            )
+        console.print(batch)
     plot_dir = plots if plots is not None else profile_path(profile.key).with_suffix("")
     plotted = write_plots(profile, plot_dir)
     for path in plotted:
@@ -177,11 +191,22 @@ def tune_command(
     if not plotted:
         console.print(f"plots skipped: {MISSING}")
     if export is not None:
-        profile.tree.save(export)
+        profile.exported_tree().save(export)
         family = build_tree_family(table, [row.budget for row in profile.rows], top_k=top_k)
         folder = export.with_name(f"{export.stem}-family")
         write_family(family, folder)
         console.print(f"exported the chosen tree to {export} and {len(family)} trees to {folder}/")
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(sorted({int(part) for part in text.split(",") if part.strip()} | {1}))
+    except ValueError:
+        message = f"--batch-sizes takes numbers separated by commas, e.g. 1,2,4,8; not {text!r}"
+        raise ValueError(message) from None
+    if sizes[0] < 1:
+        raise ValueError(f"--batch-sizes must be >= 1, got {text!r}")
+    return sizes
 
 
 def register(app: typer.Typer) -> None:

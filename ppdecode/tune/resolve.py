@@ -3,8 +3,9 @@
 For ``"auto"``, the first of these that applies:
 
 1. the stored hardware profile for this exact setup (model, prompt tokens, device, dtype, threads);
-2. the tree shipped for this model and device type (``data/trees/<model>-<cpu|cuda>.json``), if it was
-   tuned with these very prompt tokens;
+2. the tree ``ppd prepare`` registered for this model, device type and dtype, then the tree shipped for
+   this model and device type (``data/trees/<model>-<cpu|cuda>.json``), if it was tuned with these very
+   prompt tokens;
 3. a quick tune (seconds, with a progress bar), stored as this setup's profile, if allowed and an
    accuracy table for these prompt tokens is known;
 4. the packaged ``default`` tree, with a warning.
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ppdecode.models import LoadedModel
+from ppdecode.prepare.registry import prepared_tree_path
 from ppdecode.prompt_tokens import PromptTokens
 from ppdecode.tree.builder import Accuracy
 from ppdecode.tree.spec import DEFAULT_TREE, TreeSpec, load_tree, packaged_tree_path
@@ -130,9 +132,13 @@ def _auto(
         logger.info("tree: tuned profile for %s on %s (budget %d)", key.model, key.device_name,
                     profile.chosen_budget)
         return profile.tree
-    shipped = _shipped_tree(key)
-    if shipped is not None:
-        return shipped
+    for path in (
+        prepared_tree_path(key.model_fingerprint, key.model, key.device_type, key.dtype),
+        shipped_tree_path(key.model, key.device_type),
+    ):
+        tuned = _tuned_tree(path, key)
+        if tuned is not None:
+            return tuned
     if allow_tune:
         table = accuracy_for(base, tokens, accuracy)
         if table is None:
@@ -166,15 +172,15 @@ def _auto(
     return default
 
 
-def _shipped_tree(key: HardwareKey) -> TreeSpec | None:
-    """The tree shipped for this model and device type, if it was tuned with these prompt tokens."""
-    path = shipped_tree_path(key.model, key.device_type)
+def _tuned_tree(path: Path, key: HardwareKey) -> TreeSpec | None:
+    """The tree at ``path`` (prepared or shipped for this model and device type), if it was tuned with
+    these prompt tokens and this dtype."""
     if not path.is_file():
         return None
     try:
         spec = TreeSpec.load(path)
     except ValueError as err:
-        logger.warning("ignoring the shipped tree: %s", err)
+        logger.warning("ignoring the tree %s: %s", path, err)
         return None
     tuned = spec.meta.get("tuned_for")
     tuned = tuned if isinstance(tuned, dict) else {}
@@ -183,14 +189,14 @@ def _shipped_tree(key: HardwareKey) -> TreeSpec | None:
         or tuned.get("model_fingerprint") != key.model_fingerprint
         or spec.num_prompt_tokens != key.num_prompt_tokens
     ):
-        logger.info("the shipped tree %s was tuned with other prompt tokens; not using it", path.name)
+        logger.info("the tree %s was tuned with other prompt tokens; not using it", path)
         return None
     if tuned.get("dtype") != key.dtype:
         # multi-token forwards cost far more in float32 than in bf16 on a CPU: a tree tuned for one
         # dtype is no guide for the other
-        logger.info("the shipped tree %s was tuned for %s, not %s; not using it", path.name,
+        logger.info("the tree %s was tuned for %s, not %s; not using it", path,
                     tuned.get("dtype"), key.dtype)
         return None
-    logger.info("tree: shipped %s (tuned on %s, %s, %s threads)", path.name, tuned.get("device_name"),
+    logger.info("tree: %s (tuned on %s, %s, %s threads)", path, tuned.get("device_name"),
                 tuned.get("dtype"), tuned.get("threads"))
     return spec

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,11 @@ class HardwareProfile:
     def trees(self) -> dict[int, TreeSpec | None]:
         """The tree per number of active rows (from that many on), for ``Engine(tree=...)``."""
         return {1: self.tree, **{choice.batch: choice.tree for choice in self.batch}}
+
+    def exported_tree(self) -> TreeSpec:
+        """The chosen tree with the batch choices in its meta, to ship as a device type's tree."""
+        batch = {str(c.batch): None if c.tree is None else c.tree.to_dict() for c in self.batch}
+        return replace(self.tree, meta={**self.tree.meta, "batch": batch})
 
     def row(self, budget: int) -> BudgetRow:
         for row in self.rows:

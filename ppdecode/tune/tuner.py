@@ -238,14 +238,25 @@ def _batch_choice(
         step_overhead_ms=single.step_overhead_ms * batch,
         vanilla_overhead_ms=single.vanilla_overhead_ms * batch,
     )
-    best = best_predicted(predict_all(options, latency))
-    pays = best.speedup > 1.0
-    tree = family[[o.budget for o in options].index(best.budget)] if pays else None
+    choice = choose_for_batch(batch, options, family, latency)
     say(
         f"batch {batch}: "
-        + (f"budget {best.budget} ({best.speedup:.2f}x over vanilla)" if pays else "vanilla (no tree pays)")
+        + (f"budget {choice.budget}" if choice.tree is not None else "vanilla (no tree pays)")
+        + f" (best tree predicted at {choice.speedup:.2f}x over vanilla)"
     )
-    return BatchChoice(batch, latency, best.budget if pays else 0, best.speedup, tree)
+    return choice
+
+
+def choose_for_batch(
+    batch: int, options: list[BudgetOption], family: list[TreeSpec], latency: LatencyProfile
+) -> BatchChoice:
+    """The budget with the best predicted throughput on this batch's latency, or vanilla (budget 0)
+    where no tree is predicted faster than decoding one token per row."""
+    best = best_predicted(predict_all(options, latency))
+    if best.speedup <= 1.0:
+        return BatchChoice(batch, latency, 0, best.speedup, None)
+    tree = family[[o.budget for o in options].index(best.budget)]
+    return BatchChoice(batch, latency, best.budget, best.speedup, tree)
 
 
 def family_of(profile: HardwareProfile, accuracy: Accuracy, top_k: int | None = None) -> list[TreeSpec]:

@@ -1,0 +1,486 @@
+"""``prepare``: self-distilled data, trained prompt tokens, accuracy, a tuned tree — one resumable run.
+
+Stages, each a call of the existing stage functions, in a work folder:
+
+    plan      checks, the throughput probe and the plan      plan.json
+    data      ``train.data.build_dataset``                   data.jsonl
+    train     ``train.trainer.train`` (resumes its checkpoint) tokens/ (tokens.ckpt/ meanwhile)
+    accuracy  ``train.accuracy.accuracy_report``             accuracy.json, accuracy.png
+    tune      ``tune.tuner.tune`` with a confirmation        tree.json, profile.json (+ the user cache's)
+    register  ``registry.register``                          cache_dir()/registry/<fingerprint>/<name>/
+
+``stages.json`` records each stage's settings (its inputs' digests included). A stage whose record is
+"done" with the same settings and whose outputs exist is skipped; any other is run again, and training
+continues from its checkpoint when its settings are unchanged (a checkpoint made with other settings
+is removed first). Every output is written atomically by the stage function that makes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ppdecode.embedded import DEFAULT_MODEL
+from ppdecode.models import LoadedModel, cache_dir, load_model
+from ppdecode.prepare import checks, registry
+from ppdecode.prepare.plan import Plan, Recipe, make_plan
+from ppdecode.prepare.probe import available_memory, probe_throughput
+from ppdecode.prepare.summary import summarize
+from ppdecode.prompt_tokens import PromptTokens
+from ppdecode.train import sources
+from ppdecode.train.accuracy import accuracy_report, plot_report, save_report
+from ppdecode.train.data import HELDOUT, DataConfig, build_dataset, load_dataset
+from ppdecode.train.trainer import TrainConfig, train
+from ppdecode.tree.builder import Accuracy
+from ppdecode.tree.spec import TreeSpec, write_json_atomic
+from ppdecode.tune.store import HardwareProfile, artifact_identity, current_key, save_profile
+from ppdecode.tune.tuner import TuneConfig, family_of, tune
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("plan", "data", "train", "accuracy", "tune", "register")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """What ``ppd prepare`` was asked for; the plan derives every size from it."""
+
+    model: str = DEFAULT_MODEL
+    time_budget_s: float = 3600.0
+    out: str | None = None  # work folder (default: cache_dir()/prepare/<fingerprint>/<name>)
+    device: str = "auto"
+    dtype: str = "auto"  # the dtype generation will use ("auto": bf16 on a CPU, fp16 on a GPU)
+    num_prompt_tokens: int = 3
+    deep: bool = True
+    prompts: int | None = None  # override the plan's number of prompts
+    steps: int | None = None  # override the plan's training steps
+    max_new_tokens: int = Recipe.max_new_tokens
+    max_prompt_tokens: int = Recipe.max_prompt_tokens
+    files: tuple[str, ...] = ()  # the user's own prompt files, used before the built-in sources
+    skip_bad: bool = False
+    docs_dir: str | None = None
+    seed: int = 0
+    register: bool = True
+    checkpoint_every: int = 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "files", tuple(str(f) for f in self.files))
+        if self.time_budget_s <= 0:
+            raise ValueError(f"the time budget must be positive, got {self.time_budget_s} s")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+    def request(self) -> dict[str, Any]:
+        """The settings a plan depends on (not where it goes, how often it checkpoints, nor registering)."""
+        ignored = {"out", "register", "checkpoint_every"}
+        return {k: v for k, v in asdict(self).items() if k not in ignored}
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """Progress of the run: a stage starts, is skipped (already done) or is done."""
+
+    index: int  # 1-based
+    total: int
+    name: str
+    state: str  # "start", "skip" or "done"
+    message: str
+    estimate_s: float | None = None  # the plan's estimate of this stage
+    remaining_s: float | None = None  # estimates of the stages after it
+    elapsed_s: float | None = None
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    work_dir: Path
+    entry_dir: Path | None  # the registry entry (None with register=False)
+    summary: dict[str, Any]
+    stages: dict[str, str]  # stage -> "done" or "skipped"
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    """The files of a preparation's work folder."""
+
+    root: Path
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages.json"
+
+    @property
+    def prompts(self) -> Path:
+        return self.root / "prompts.json"  # a sample of the user's prompt files
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data.jsonl"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens"
+
+    @property
+    def accuracy(self) -> Path:
+        return self.root / "accuracy.json"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "accuracy.png"
+
+    @property
+    def tree(self) -> Path:
+        return self.root / "tree.json"
+
+    @property
+    def family(self) -> Path:
+        return self.root / "tree-family"
+
+    @property
+    def profile(self) -> Path:
+        return self.root / "profile.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+
+def default_work_dir(base: LoadedModel) -> Path:
+    return cache_dir() / "prepare" / base.fingerprint / registry.slug(base.name)
+
+
+def _normal(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), so stored settings compare equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+class _Run:
+    """One invocation: the model, the work folder, the stage records and the progress callback."""
+
+    def __init__(
+        self,
+        config: PrepareConfig,
+        base: LoadedModel,
+        work: WorkDir,
+        on_event: Callable[[StageEvent], None],
+        on_train_step: Callable[[int, float], None] | None,
+    ) -> None:
+        self.config, self.base, self.work = config, base, work
+        self.on_event, self.on_train_step = on_event, on_train_step
+        self.dtype = str(base.dtype).removeprefix("torch.")
+        try:
+            self.records: dict[str, Any] = json.loads(work.stages.read_text())
+        except (OSError, json.JSONDecodeError):
+            self.records = {}
+        self.states: dict[str, str] = {}
+        self.plan: Plan | None = None
+
+    # ---- the stage mechanism ---------------------------------------------------------------------
+    def _estimate(self, name: str) -> float | None:
+        return None if self.plan is None else self.plan.estimates.get(name)
+
+    def _remaining(self, name: str) -> float | None:
+        if self.plan is None or not self.plan.estimates:
+            return None
+        later = STAGES[STAGES.index(name) + 1 :]
+        return sum(self.plan.estimates.get(s, 0.0) for s in later if s not in self.states)
+
+    def _emit(self, name: str, state: str, message: str, elapsed: float | None = None) -> None:
+        self.on_event(StageEvent(
+            STAGES.index(name) + 1, len(STAGES), name, state, message, self._estimate(name),
+            self._remaining(name), elapsed,
+        ))
+
+    def stage(
+        self,
+        name: str,
+        settings: dict[str, Any],
+        outputs: list[Path],
+        body: Callable[[dict[str, Any]], str],
+        start_message: str,
+    ) -> None:
+        """Run ``body(previous record)`` unless the stage is done with these settings; record it."""
+        settings = _normal(settings)
+        previous = self.records.get(name, {})
+        if (
+            previous.get("state") == "done"
+            and previous.get("settings") == settings
+            and all(path.exists() for path in outputs)
+        ):
+            self.states[name] = "skipped"
+            self._emit(name, "skip", f"already done ({previous.get('detail', '')})")
+            return
+        self._emit(name, "start", start_message)
+        self._record(name, {"settings": settings, "state": "running"})
+        start = time.perf_counter()
+        detail = body(previous)
+        elapsed = time.perf_counter() - start
+        self._record(name, {"settings": settings, "state": "done", "seconds": round(elapsed, 1),
+                            "detail": detail})
+        self.states[name] = "done"
+        self._emit(name, "done", detail, elapsed)
+
+    def _record(self, name: str, record: dict[str, Any]) -> None:
+        self.records[name] = record
+        write_json_atomic(self.work.stages, self.records)
+
+    # ---- stages ----------------------------------------------------------------------------------
+    def plan_stage(self) -> Plan:
+        config, base = self.config, self.base
+        request = {**config.request(), "fingerprint": base.fingerprint, "name": base.name,
+                   "device": base.device.type, "dtype": self.dtype}
+
+        def body(previous: dict[str, Any]) -> str:
+            recipe = Recipe(
+                num_prompt_tokens=config.num_prompt_tokens,
+                max_new_tokens=config.max_new_tokens,
+                max_prompt_tokens=config.max_prompt_tokens,
+                train_batch_size=4 if base.device.type == "cpu" else 16,
+            )
+            recipe = checks.fit_context(recipe, base.context_length)
+            recipe = checks.fit_memory(
+                recipe, checks.ModelShape.of(base.model), available_memory(base.device), base.name
+            )
+            file_prompts = sum(len(sources.read_prompt_file(f, config.skip_bad)) for f in config.files)
+            throughput = None if config.prompts is not None else probe_throughput(base, recipe, config.deep)
+            plan = make_plan(
+                config.time_budget_s, recipe, throughput, base.is_chat, self._docs_available(),
+                file_prompts, config.prompts, config.steps,
+            )
+            write_json_atomic(self.work.plan, plan.to_dict())
+            where = ", ".join(f"{k} {v}" for k, v in plan.sources.items()) or "your files"
+            return (
+                f"{plan.prompts} prompts ({where}), {plan.steps} training steps, answers of "
+                f"{recipe.max_new_tokens} tokens"
+                + (f", estimated {_minutes(sum(plan.estimates.values()))}" if plan.estimates else "")
+            )
+
+        if not base.is_chat:
+            logger.warning(
+                "%s has no chat template: the data are plain-text prompts (Python docs and code) that "
+                "the model continues, without self-instructed requests", base.name,
+            )
+        self.stage("plan", request, [self.work.plan], body, "checking the model and probing throughput")
+        self.plan = Plan.from_dict(json.loads(self.work.plan.read_text()))
+        return self.plan
+
+    def _docs_available(self) -> bool:
+        try:
+            sources.find_docs_dir(self.config.docs_dir)
+        except ValueError:
+            logger.info("the Python documentation is not installed: its share goes to standard-library code")
+            return False
+        return True
+
+    def data_stage(self, plan: Plan) -> None:
+        config, recipe = self.config, plan.recipe
+        files = [Path(f) for f in config.files]
+        data_config = DataConfig(
+            files=(str(self.work.prompts),) if files else (),
+            sources=plan.sources,
+            num_prompt_tokens=recipe.num_prompt_tokens,
+            max_new_tokens=recipe.max_new_tokens,
+            max_prompt_tokens=recipe.max_prompt_tokens,
+            cuts_per_sample=recipe.cuts,
+            heldout_percent=plan.heldout_percent,
+            batch_size=recipe.data_batch_size,
+            seed=config.seed,
+            docs_dir=config.docs_dir,
+        )
+        settings = {"data": asdict(data_config), "files": {str(f): _file_digest(f) for f in files},
+                    "fingerprint": self.base.fingerprint, "dtype": self.dtype}
+
+        def body(previous: dict[str, Any]) -> str:
+            if files:
+                self._write_file_prompts(files, plan.prompts)
+            dataset = build_dataset(self.base, data_config, self.work.data)
+            header = dataset.header
+            if not header["num_heldout"] or not header["num_train"]:
+                raise ValueError(
+                    f"the dataset has {header['num_train']} training and {header['num_heldout']} held-out "
+                    "prompts; both are needed: give a larger --time-budget or --prompts"
+                )
+            speed = header["generation"]["answers"]["tokens_per_s"]
+            return (f"{header['num_train']} train + {header['num_heldout']} held-out prompts, "
+                    f"{header['response_tokens']} answer tokens at {speed:.0f} tokens/s")
+
+        message = f"{plan.prompts} prompts answered with up to {recipe.max_new_tokens} tokens"
+        self.stage("data", settings, [self.work.data], body, message)
+
+    def _write_file_prompts(self, files: list[Path], count: int) -> None:
+        """The user's prompts, at most ``count`` of them (a seeded sample), as one JSON prompt file."""
+        prompts = [p.text for f in files for p in sources.read_prompt_file(f, self.config.skip_bad)]
+        if len(prompts) > count:
+            prompts = random.Random(self.config.seed).sample(prompts, count)
+        write_json_atomic(self.work.prompts, [{"prompt": text} for text in prompts])
+
+    def train_stage(self, plan: Plan) -> None:
+        recipe = plan.recipe
+        train_config = TrainConfig(
+            dataset=str(self.work.data),
+            output=str(self.work.tokens),
+            model=self.base.name,
+            num_prompt_tokens=recipe.num_prompt_tokens,
+            deep=self.config.deep,
+            steps=plan.steps,
+            batch_size=recipe.train_batch_size,
+            cuts_per_sample=recipe.cuts,
+            max_length=recipe.sequence_length,
+            dtype=self.dtype,
+            device=self.base.device.type,
+            seed=self.config.seed,
+            checkpoint_every=self.config.checkpoint_every,
+        )
+        ignored = {"resume", "log_every", "output"}
+        settings = {"train": {k: v for k, v in asdict(train_config).items() if k not in ignored},
+                    "data": _file_digest(self.work.data)}
+
+        def body(previous: dict[str, Any]) -> str:
+            if previous.get("settings") != _normal(settings) and train_config.checkpoint_dir.exists():
+                logger.info("removing a checkpoint made with other settings: %s", train_config.checkpoint_dir)
+                shutil.rmtree(train_config.checkpoint_dir)
+            resume = (train_config.checkpoint_dir / "state.pt").is_file()
+            run_config = dataclasses.replace(train_config, resume=resume)
+            result = train(run_config, self.base, on_step=self.on_train_step)
+            record = result.tokens.config.record
+            resumed = result.steps - len(result.losses)
+            return (f"{result.steps} steps" + (f" (resumed at step {resumed})" if resumed else "")
+                    + f", loss {record['loss_first']:.3f} -> {record['loss_last']:.3f}")
+
+        resuming = train_config.checkpoint_dir.exists() and self.records.get("train", {}).get(
+            "settings") == _normal(settings)
+        message = f"{plan.steps} steps of {recipe.train_batch_size} sequences x {recipe.cuts} cuts" + (
+            ", continuing from its checkpoint" if resuming else "")
+        self.stage("train", settings, [self.work.tokens], body, message)
+
+    def accuracy_stage(self, plan: Plan) -> None:
+        settings = {"tokens": artifact_identity(self.work.tokens), "data": _file_digest(self.work.data),
+                    "prompts": plan.accuracy_prompts}
+
+        def body(previous: dict[str, Any]) -> str:
+            tokens = PromptTokens.load(self.work.tokens, self.base)
+            dataset = load_dataset(self.work.data, self.base, tokens.num_prompt_tokens)
+            held = dataset.split(HELDOUT)[: plan.accuracy_prompts]
+            report = accuracy_report(self.base, tokens, held)
+            save_report(report, self.work.accuracy)
+            plot_report(report, self.work.plot)
+            # The table travels with the tokens: `tune` and "auto" trees find it in their record.
+            keys = ("num_prompt_tokens", "top_k", "rank_probs", "topk_accuracy", "num_samples", "dtype")
+            tokens.config.record["accuracy"] = {
+                "dataset": str(self.work.data), **{k: report[k] for k in keys},
+                "init_topk_accuracy": report["init"]["topk_accuracy"],
+            }
+            tokens.save(self.work.tokens)
+            top1 = " / ".join(f"{row[0]:.3f}" for row in report["topk_accuracy"])
+            positions = report["num_samples"]
+            return f"top-1 at distance 2..{tokens.num_prompt_tokens + 1}: {top1} ({positions} positions)"
+
+        self.stage("accuracy", settings, [self.work.accuracy], body,
+                   f"held-out accuracy on up to {plan.accuracy_prompts} prompts, trained and untrained")
+
+    def tune_stage(self, plan: Plan) -> None:
+        tokens = PromptTokens.load(self.work.tokens, self.base)
+        key = current_key(self.base, tokens)
+        chosen = {"confirm": plan.tune.confirm, "prompts": plan.tune.prompts,
+                  "max_new_tokens": plan.tune.max_new_tokens, "batch_sizes": plan.tune.batch_sizes}
+        tune_config = TuneConfig.quick_preset(**chosen) if plan.tune.quick else TuneConfig(**chosen)  # type: ignore[arg-type]
+        settings = {"key": key.to_dict(), "accuracy": _file_digest(self.work.accuracy),
+                    "tune": asdict(tune_config)}
+
+        def body(previous: dict[str, Any]) -> str:
+            table = Accuracy.load(self.work.accuracy)
+            profile = tune(self.base, tokens, table, tune_config)
+            save_profile(profile)
+            save_profile(profile, self.work.profile)
+            batch = {str(c.batch): None if c.tree is None else c.tree.to_dict() for c in profile.batch}
+            tree = dataclasses.replace(profile.tree, meta={**profile.tree.meta, "batch": batch})
+            tree.save(self.work.tree)
+            for spec in family_of(profile, table):
+                spec.save(self.work.family / f"budget-{spec.meta['budget']}.json")
+            speedup = profile.measured_speedup(profile.chosen_budget)
+            return (f"budget {profile.chosen_budget}, expected τ {tree.meta['expected_tau']:.2f}"
+                    + ("" if speedup is None else f", measured {speedup:.2f}x over vanilla"))
+
+        kind = "quick" if plan.tune.quick else "full"
+        self.stage("tune", settings, [self.work.tree, self.work.profile], body,
+                   f"{kind} latency profile, then {plan.tune.confirm} budget(s) against vanilla on "
+                   f"{plan.tune.prompts} held-out prompts")
+
+    def register_stage(self, summary: dict[str, Any]) -> Path:
+        tree = TreeSpec.load(self.work.tree)
+        entry = registry.entry_dir(self.base.fingerprint, self.base.name)
+        tuned = tree.meta["tuned_for"]
+        settings = {"tokens": artifact_identity(self.work.tokens), "tree": _file_digest(self.work.tree)}
+        outputs = [entry / registry.ENTRY,
+                   registry.prepared_tree_path(self.base.fingerprint, self.base.name,
+                                               tuned["device_type"], tuned["dtype"])]
+
+        def body(previous: dict[str, Any]) -> str:
+            tokens = PromptTokens.load(self.work.tokens, self.base)
+            report = json.loads(self.work.accuracy.read_text())
+            registry.register(self.base, tokens, report, tree, {
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "work_dir": str(self.work.root),
+                "summary": summary,
+            })
+            return f"`ppd generate --model {self.config.model}` now uses them ({entry})"
+
+        self.stage("register", settings, outputs, body, "storing the tokens and the tree in the user cache")
+        return entry
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _log_event(event: StageEvent) -> None:
+    logger.info("[%d/%d] %s %s: %s", event.index, event.total, event.name, event.state, event.message)
+
+
+def prepare(
+    config: PrepareConfig,
+    base: LoadedModel | None = None,
+    on_event: Callable[[StageEvent], None] | None = None,
+    on_train_step: Callable[[int, float], None] | None = None,
+) -> PrepareResult:
+    """Prepare PPD for ``config.model`` (or the already loaded ``base``): see the module docstring.
+
+    ``on_event`` hears every stage start, skip and end (default: the log); ``on_train_step(step,
+    loss)`` is called after every optimiser step.
+    """
+    base = base or load_model(config.model, device=config.device, dtype=config.dtype)
+    checks.check_model(base)
+    work = WorkDir(Path(config.out) if config.out else default_work_dir(base))
+    work.root.mkdir(parents=True, exist_ok=True)
+    run = _Run(config, base, work, on_event or _log_event, on_train_step)
+    plan = run.plan_stage()
+    run.data_stage(plan)
+    run.train_stage(plan)
+    run.accuracy_stage(plan)
+    run.tune_stage(plan)
+    report = json.loads(work.accuracy.read_text())
+    profile = HardwareProfile.read(work.profile)
+    dataset = load_dataset(work.data, base)
+    tokens = PromptTokens.load(work.tokens, base)
+    summary = summarize(base, plan, dataset.header, tokens.config.record, report, profile)
+    entry = run.register_stage(summary) if config.register else None
+    summary["stages"] = dict(run.states)
+    summary["registered"] = None if entry is None else str(entry)
+    write_json_atomic(work.summary, summary)
+    return PrepareResult(work.root, entry, summary, dict(run.states))
