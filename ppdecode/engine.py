@@ -25,12 +25,11 @@ import torch
 from ppdecode.cache import KVCache, bytes_per_token
 from ppdecode.config import GenerationConfig
 from ppdecode.models import LoadedModel
+from ppdecode.planner import MAX_STEP_INPUTS, VANILLA, plan_row
 from ppdecode.prompt_tokens import PromptTokens
-from ppdecode.proposers import LookupProposer, PromptTokenProposer, Proposal, Proposer
+from ppdecode.proposers import LookupProposer, PromptTokenProposer, Proposer
 from ppdecode.request import (
-    LOOKUP,
     MODEL,
-    PPD,
     GenerationResult,
     GenerationStats,
     Request,
@@ -38,8 +37,8 @@ from ppdecode.request import (
     StreamChunk,
 )
 from ppdecode.step import RowPlan, build_inputs, run_forward
-from ppdecode.tree.buffers import CHAIN_RANK, TreeBuffers, TreeSteps, build_buffers
-from ppdecode.tree.spec import TreeNode, TreeSpec
+from ppdecode.tree.buffers import TreeSteps
+from ppdecode.tree.spec import TreeSpec
 from ppdecode.verify import batch_verdicts
 
 logger = logging.getLogger(__name__)
@@ -53,10 +52,6 @@ __all__ = [
     "StreamChunk",
 ]
 
-# Vanilla decoding is the root-only tree without prompt slots: one token in, one token out.
-VANILLA_TREE = TreeSpec(num_prompt_tokens=1, top_k=(1,), trees=((TreeNode((0,), 0),),), root_slots=0)
-VANILLA = build_buffers(VANILLA_TREE, 0)
-MAX_STEP_INPUTS = 64  # a decode step's inputs per row; the cache keeps this much room past max_length
 DEFAULT_CACHE_MEMORY = 2 * 1024**3  # bytes the KV cache may take unless told otherwise
 
 Prompt = str | list[dict[str, str]]
@@ -482,51 +477,8 @@ class Engine:
         return self._lookup_proposer if config.lookup else self._plain_proposer
 
     def _plan(self, request: Request, trees: TreeSteps | None, prefix: tuple[int, ...] = ()) -> RowPlan:
-        """The row's step: its tree for the current depth, filled with the proposer's guesses."""
-        config = request.config
-        start = (
-            request.prefilled if prefix or not request.decoding else self.cache.lengths[self._row_of(request)]
-        )
-        if trees is None or not config.use_ppd:
-            return RowPlan(start, (request.root,), VANILLA, prefix)
-        depth = len(request.ranked) if request.ranked else 0
-        room = 0
-        if config.lookup and config.lookup_chain:
-            # a step with a smaller tree (after a chain, or at depth 0) has room for a longer copy
-            room = config.lookup_chain + trees.max_inputs - trees.by_depth[depth].num_inputs
-            room = min(room, MAX_STEP_INPUTS - trees.by_depth[depth].num_inputs)
-        proposal = Proposal(request.ranked)
-        if depth or room:
-            proposal = self._proposer(config).propose(request.ranked, request.history, depth + room)
-        chain_at, chain = self._chain(proposal, trees, depth, room)
-        buffers: TreeBuffers = trees.buffers(depth, chain_at, len(chain))
-        if start + len(prefix) + buffers.num_inputs > self.max_length:
-            return RowPlan(start, (request.root,), VANILLA, prefix)  # no room left for a tree
-        ranked = proposal.candidates or []
-        nodes = [
-            ranked[len(path) - 1][path[-1]]
-            for path in buffers.input_paths[1 : 1 + buffers.num_nodes - len(chain)]
-        ]
-        origins = (MODEL, *(self._origin(path, proposal.copied) for path in buffers.input_paths[1:]))
-        return RowPlan(start, (request.root, *nodes, *chain), buffers, prefix, origins)
-
-    @staticmethod
-    def _origin(path: tuple[int, ...], copied: int) -> str:
-        """Who guessed a node: lookup (its copy at rank 0, or the chain) or the prompt tokens."""
-        return LOOKUP if path[-1] == CHAIN_RANK or (path[-1] == 0 and len(path) <= copied) else PPD
-
-    @staticmethod
-    def _chain(proposal: Proposal, trees: TreeSteps, depth: int, room: int) -> tuple[int, list[int]]:
-        """Where the lookup chain hangs (a depth on the rank-0 path) and its tokens; [] for none.
-
-        The chain continues the proposal's continuation below the deepest rank-0 node that holds it.
-        """
-        continuation = proposal.continuation
-        if not room or not continuation:
-            return 0, []
-        ranked = [row[0] for row in proposal.candidates] if proposal.candidates else []
-        chain_at = 0
-        limit = min(trees.rank0_reach[depth], len(continuation))
-        while chain_at < limit and ranked[chain_at] == continuation[chain_at]:
-            chain_at += 1
-        return chain_at, list(continuation[chain_at : chain_at + room])
+        """1. propose: the row's tree for its depth, filled with its proposer's guesses."""
+        prefilling = bool(prefix) or not request.decoding
+        start = request.prefilled if prefilling else self.cache.lengths[self._row_of(request)]
+        proposer = self._proposer(request.config)
+        return plan_row(request, trees, proposer, start, self.max_length, prefix)

@@ -176,7 +176,8 @@ def test_prepare_resumes_registers_and_is_found_by_generate(
     cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from ppdecode import load
-    from ppdecode.prepare.pipeline import PrepareConfig, WorkDir, prepare
+    from ppdecode.prepare.pipeline import PrepareConfig, prepare
+    from ppdecode.prepare.stages import WorkDir
     from ppdecode.tree.spec import TreeSpec
     from ppdecode.tune.resolve import resolve_trees
     from ppdecode.tune.store import artifact_identity, profiles_dir, tokens_identity

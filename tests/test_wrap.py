@@ -10,6 +10,7 @@ import torch
 
 from ppdecode import load, wrap
 from ppdecode.models import LoadedModel, model_dir
+
 from .helpers import PROMPTS
 
 MODEL = "smollm2-135m-instruct"
@@ -37,7 +38,6 @@ def test_wrap_is_what_load_model_makes(held: tuple[Any, Any], smollm_f32: Loaded
 
 def test_the_wrapped_engine_decodes_like_the_loaded_one(held: tuple[Any, Any]) -> None:
     model, tokenizer = held
-    torch.set_num_threads(1)
     wrapped = wrap(model, tokenizer, tree="default")
     loaded = load(MODEL, tree="default", device="cpu", dtype="float32")
     assert wrapped.prompt_tokens is not None and loaded.prompt_tokens is not None

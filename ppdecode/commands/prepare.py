@@ -15,9 +15,9 @@ from rich.table import Table
 from ppdecode.embedded import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from ppdecode.prepare.pipeline import StageEvent
+    from ppdecode.prepare.stages import StageEvent
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 STYLE = {"start": "bold cyan", "skip": "dim", "done": "green"}
 
 
@@ -155,7 +155,7 @@ def prepare_command(
     if as_json:
         typer.echo(json.dumps(summary))
         return
-    out_console = Console()
+    out_console = Console(soft_wrap=True)
     out_console.print(summary_table(summary))
     for line in speed_lines(summary):
         out_console.print(line)

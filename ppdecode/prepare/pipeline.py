@@ -2,23 +2,23 @@
 
 Stages, each a call of the existing stage functions, in a work folder:
 
-    plan      checks, the throughput probe and the plan      plan.json
-    data      ``train.data.build_dataset``                   data.jsonl
-    train     ``train.trainer.train`` (resumes its checkpoint) tokens/ (tokens.ckpt/ meanwhile)
-    accuracy  ``train.accuracy.accuracy_report``             accuracy.json, accuracy.png
-    tune      ``tune.tuner.tune`` with a confirmation        tree.json, profile.json (+ the user cache's)
-    register  ``registry.register``                          cache_dir()/registry/<fingerprint>/<name>/
+    plan      checks, the throughput probe and the plan     plan.json
+    data      ``train.data.build_dataset``                  data.jsonl
+    train     ``train.trainer.train``, from its checkpoint  tokens/ (tokens.ckpt/ meanwhile)
+    accuracy  ``train.accuracy.accuracy_report``            accuracy.json, accuracy.png
+    tune      ``tune.tuner.tune`` with a confirmation       tree.json, profile.json (+ the user cache's)
+    register  ``registry.register``                         cache_dir()/registry/<fingerprint>/<name>/
 
-``stages.json`` records each stage's settings (its inputs' digests included). A stage whose record is
-"done" with the same settings and whose outputs exist is skipped; any other is run again, and training
-continues from its checkpoint when its settings are unchanged (a checkpoint made with other settings
-is removed first). Every output is written atomically by the stage function that makes it.
+``stages.json`` records each stage's settings, its inputs' digests included (``stages.StageLog``): a
+stage recorded as done with the same settings whose outputs exist is skipped; any other runs again,
+and training continues from its checkpoint when its settings are unchanged (a checkpoint made with
+other settings is removed first). Every output is written atomically by the stage function that
+makes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import random
@@ -34,6 +34,7 @@ from ppdecode.models import LoadedModel, cache_dir, load_model
 from ppdecode.prepare import checks, registry
 from ppdecode.prepare.plan import Plan, Recipe, make_plan
 from ppdecode.prepare.probe import available_memory, probe_throughput
+from ppdecode.prepare.stages import StageEvent, StageLog, WorkDir, file_digest, normal
 from ppdecode.prepare.summary import summarize
 from ppdecode.prompt_tokens import PromptTokens
 from ppdecode.train import sources
@@ -46,8 +47,6 @@ from ppdecode.tune.store import HardwareProfile, artifact_identity, current_key,
 from ppdecode.tune.tuner import TuneConfig, family_of, tune
 
 logger = logging.getLogger(__name__)
-
-STAGES = ("plan", "data", "train", "accuracy", "tune", "register")
 
 
 @dataclass(frozen=True)
@@ -86,20 +85,6 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
-class StageEvent:
-    """Progress of the run: a stage starts, is skipped (already done) or is done."""
-
-    index: int  # 1-based
-    total: int
-    name: str
-    state: str  # "start", "skip" or "done"
-    message: str
-    estimate_s: float | None = None  # the plan's estimate of this stage
-    remaining_s: float | None = None  # estimates of the stages after it
-    elapsed_s: float | None = None
-
-
-@dataclass(frozen=True)
 class PrepareResult:
     work_dir: Path
     entry_dir: Path | None  # the registry entry (None with register=False)
@@ -107,72 +92,12 @@ class PrepareResult:
     stages: dict[str, str]  # stage -> "done" or "skipped"
 
 
-@dataclass(frozen=True)
-class WorkDir:
-    """The files of a preparation's work folder."""
-
-    root: Path
-
-    @property
-    def plan(self) -> Path:
-        return self.root / "plan.json"
-
-    @property
-    def stages(self) -> Path:
-        return self.root / "stages.json"
-
-    @property
-    def prompts(self) -> Path:
-        return self.root / "prompts.json"  # a sample of the user's prompt files
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data.jsonl"
-
-    @property
-    def tokens(self) -> Path:
-        return self.root / "tokens"
-
-    @property
-    def accuracy(self) -> Path:
-        return self.root / "accuracy.json"
-
-    @property
-    def plot(self) -> Path:
-        return self.root / "accuracy.png"
-
-    @property
-    def tree(self) -> Path:
-        return self.root / "tree.json"
-
-    @property
-    def family(self) -> Path:
-        return self.root / "tree-family"
-
-    @property
-    def profile(self) -> Path:
-        return self.root / "profile.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-
 def default_work_dir(base: LoadedModel) -> Path:
     return cache_dir() / "prepare" / base.fingerprint / registry.slug(base.name)
 
 
-def _normal(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists), so stored settings compare equal."""
-    return json.loads(json.dumps(value, default=str))
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 class _Run:
-    """One invocation: the model, the work folder, the stage records and the progress callback."""
+    """One invocation: the model, the work folder and the log of its stages."""
 
     def __init__(
         self,
@@ -181,65 +106,13 @@ class _Run:
         work: WorkDir,
         on_event: Callable[[StageEvent], None],
         on_train_step: Callable[[int, float], None] | None,
+        started: float,
     ) -> None:
         self.config, self.base, self.work = config, base, work
-        self.on_event, self.on_train_step = on_event, on_train_step
+        self.on_train_step = on_train_step
+        self.log = StageLog(work, on_event)
         self.dtype = str(base.dtype).removeprefix("torch.")
-        try:
-            self.records: dict[str, Any] = json.loads(work.stages.read_text())
-        except (OSError, json.JSONDecodeError):
-            self.records = {}
-        self.states: dict[str, str] = {}
-        self.plan: Plan | None = None
-
-    # ---- the stage mechanism ---------------------------------------------------------------------
-    def _estimate(self, name: str) -> float | None:
-        return None if self.plan is None else self.plan.estimates.get(name)
-
-    def _remaining(self, name: str) -> float | None:
-        if self.plan is None or not self.plan.estimates:
-            return None
-        later = STAGES[STAGES.index(name) + 1 :]
-        return sum(self.plan.estimates.get(s, 0.0) for s in later if s not in self.states)
-
-    def _emit(self, name: str, state: str, message: str, elapsed: float | None = None) -> None:
-        self.on_event(StageEvent(
-            STAGES.index(name) + 1, len(STAGES), name, state, message, self._estimate(name),
-            self._remaining(name), elapsed,
-        ))
-
-    def stage(
-        self,
-        name: str,
-        settings: dict[str, Any],
-        outputs: list[Path],
-        body: Callable[[dict[str, Any]], str],
-        start_message: str,
-    ) -> None:
-        """Run ``body(previous record)`` unless the stage is done with these settings; record it."""
-        settings = _normal(settings)
-        previous = self.records.get(name, {})
-        if (
-            previous.get("state") == "done"
-            and previous.get("settings") == settings
-            and all(path.exists() for path in outputs)
-        ):
-            self.states[name] = "skipped"
-            self._emit(name, "skip", f"already done ({previous.get('detail', '')})")
-            return
-        self._emit(name, "start", start_message)
-        self._record(name, {"settings": settings, "state": "running"})
-        start = time.perf_counter()
-        detail = body(previous)
-        elapsed = time.perf_counter() - start
-        self._record(name, {"settings": settings, "state": "done", "seconds": round(elapsed, 1),
-                            "detail": detail})
-        self.states[name] = "done"
-        self._emit(name, "done", detail, elapsed)
-
-    def _record(self, name: str, record: dict[str, Any]) -> None:
-        self.records[name] = record
-        write_json_atomic(self.work.stages, self.records)
+        self.started = started  # perf_counter() when the run began (before the model was loaded)
 
     # ---- stages ----------------------------------------------------------------------------------
     def plan_stage(self) -> Plan:
@@ -260,8 +133,11 @@ class _Run:
             )
             file_prompts = sum(len(sources.read_prompt_file(f, config.skip_bad)) for f in config.files)
             throughput = None if config.prompts is not None else probe_throughput(base, recipe, config.deep)
+            # the model's loading and the probe count against the budget
+            spent = time.perf_counter() - self.started
+            budget = max(config.time_budget_s - spent, config.time_budget_s / 4)
             plan = make_plan(
-                config.time_budget_s, recipe, throughput, base.is_chat, self._docs_available(),
+                budget, recipe, throughput, base.is_chat, self._docs_available(),
                 file_prompts, config.prompts, config.steps,
             )
             write_json_atomic(self.work.plan, plan.to_dict())
@@ -277,9 +153,10 @@ class _Run:
                 "%s has no chat template: the data are plain-text prompts (Python docs and code) that "
                 "the model continues, without self-instructed requests", base.name,
             )
-        self.stage("plan", request, [self.work.plan], body, "checking the model and probing throughput")
-        self.plan = Plan.from_dict(json.loads(self.work.plan.read_text()))
-        return self.plan
+        self.log.run("plan", request, [self.work.plan], body, "checking the model and probing throughput")
+        plan = Plan.from_dict(json.loads(self.work.plan.read_text()))
+        self.log.estimates = plan.estimates
+        return plan
 
     def _docs_available(self) -> bool:
         try:
@@ -304,7 +181,7 @@ class _Run:
             seed=config.seed,
             docs_dir=config.docs_dir,
         )
-        settings = {"data": asdict(data_config), "files": {str(f): _file_digest(f) for f in files},
+        settings = {"data": asdict(data_config), "files": {str(f): file_digest(f) for f in files},
                     "fingerprint": self.base.fingerprint, "dtype": self.dtype}
 
         def body(previous: dict[str, Any]) -> str:
@@ -322,7 +199,7 @@ class _Run:
                     f"{header['response_tokens']} answer tokens at {speed:.0f} tokens/s")
 
         message = f"{plan.prompts} prompts answered with up to {recipe.max_new_tokens} tokens"
-        self.stage("data", settings, [self.work.data], body, message)
+        self.log.run("data", settings, [self.work.data], body, message)
 
     def _write_file_prompts(self, files: list[Path], count: int) -> None:
         """The user's prompts, at most ``count`` of them (a seeded sample), as one JSON prompt file."""
@@ -350,10 +227,10 @@ class _Run:
         )
         ignored = {"resume", "log_every", "output"}
         settings = {"train": {k: v for k, v in asdict(train_config).items() if k not in ignored},
-                    "data": _file_digest(self.work.data)}
+                    "data": file_digest(self.work.data)}
 
         def body(previous: dict[str, Any]) -> str:
-            if previous.get("settings") != _normal(settings) and train_config.checkpoint_dir.exists():
+            if previous.get("settings") != normal(settings) and train_config.checkpoint_dir.exists():
                 logger.info("removing a checkpoint made with other settings: %s", train_config.checkpoint_dir)
                 shutil.rmtree(train_config.checkpoint_dir)
             resume = (train_config.checkpoint_dir / "state.pt").is_file()
@@ -364,14 +241,14 @@ class _Run:
             return (f"{result.steps} steps" + (f" (resumed at step {resumed})" if resumed else "")
                     + f", loss {record['loss_first']:.3f} -> {record['loss_last']:.3f}")
 
-        resuming = train_config.checkpoint_dir.exists() and self.records.get("train", {}).get(
-            "settings") == _normal(settings)
+        resuming = train_config.checkpoint_dir.exists() and (
+            self.log.record("train").get("settings") == normal(settings))
         message = f"{plan.steps} steps of {recipe.train_batch_size} sequences x {recipe.cuts} cuts" + (
             ", continuing from its checkpoint" if resuming else "")
-        self.stage("train", settings, [self.work.tokens], body, message)
+        self.log.run("train", settings, [self.work.tokens], body, message)
 
     def accuracy_stage(self, plan: Plan) -> None:
-        settings = {"tokens": artifact_identity(self.work.tokens), "data": _file_digest(self.work.data),
+        settings = {"tokens": artifact_identity(self.work.tokens), "data": file_digest(self.work.data),
                     "prompts": plan.accuracy_prompts}
 
         def body(previous: dict[str, Any]) -> str:
@@ -392,7 +269,7 @@ class _Run:
             positions = report["num_samples"]
             return f"top-1 at distance 2..{tokens.num_prompt_tokens + 1}: {top1} ({positions} positions)"
 
-        self.stage("accuracy", settings, [self.work.accuracy], body,
+        self.log.run("accuracy", settings, [self.work.accuracy], body,
                    f"held-out accuracy on up to {plan.accuracy_prompts} prompts, trained and untrained")
 
     def tune_stage(self, plan: Plan) -> None:
@@ -401,7 +278,7 @@ class _Run:
         chosen = {"confirm": plan.tune.confirm, "prompts": plan.tune.prompts,
                   "max_new_tokens": plan.tune.max_new_tokens, "batch_sizes": plan.tune.batch_sizes}
         tune_config = TuneConfig.quick_preset(**chosen) if plan.tune.quick else TuneConfig(**chosen)  # type: ignore[arg-type]
-        settings = {"key": key.to_dict(), "accuracy": _file_digest(self.work.accuracy),
+        settings = {"key": key.to_dict(), "accuracy": file_digest(self.work.accuracy),
                     "tune": asdict(tune_config)}
 
         def body(previous: dict[str, Any]) -> str:
@@ -409,8 +286,7 @@ class _Run:
             profile = tune(self.base, tokens, table, tune_config)
             save_profile(profile)
             save_profile(profile, self.work.profile)
-            batch = {str(c.batch): None if c.tree is None else c.tree.to_dict() for c in profile.batch}
-            tree = dataclasses.replace(profile.tree, meta={**profile.tree.meta, "batch": batch})
+            tree = profile.exported_tree()  # the batch-size choices travel in its meta
             tree.save(self.work.tree)
             for spec in family_of(profile, table):
                 spec.save(self.work.family / f"budget-{spec.meta['budget']}.json")
@@ -419,7 +295,7 @@ class _Run:
                     + ("" if speedup is None else f", measured {speedup:.2f}x over vanilla"))
 
         kind = "quick" if plan.tune.quick else "full"
-        self.stage("tune", settings, [self.work.tree, self.work.profile], body,
+        self.log.run("tune", settings, [self.work.tree, self.work.profile], body,
                    f"{kind} latency profile, then {plan.tune.confirm} budget(s) against vanilla on "
                    f"{plan.tune.prompts} held-out prompts")
 
@@ -427,10 +303,14 @@ class _Run:
         tree = TreeSpec.load(self.work.tree)
         entry = registry.entry_dir(self.base.fingerprint, self.base.name)
         tuned = tree.meta["tuned_for"]
-        settings = {"tokens": artifact_identity(self.work.tokens), "tree": _file_digest(self.work.tree)}
+        identity = artifact_identity(self.work.tokens)
+        settings = {"tokens": identity, "tree": file_digest(self.work.tree)}
         outputs = [entry / registry.ENTRY,
                    registry.prepared_tree_path(self.base.fingerprint, self.base.name,
                                                tuned["device_type"], tuned["dtype"])]
+
+        def current() -> bool:  # another preparation of this model may have registered since
+            return artifact_identity(entry / registry.TOKENS) == identity
 
         def body(previous: dict[str, Any]) -> str:
             tokens = PromptTokens.load(self.work.tokens, self.base)
@@ -441,7 +321,8 @@ class _Run:
             })
             return f"`ppd generate --model {self.config.model}` now uses them ({entry})"
 
-        self.stage("register", settings, outputs, body, "storing the tokens and the tree in the user cache")
+        self.log.run("register", settings, outputs, body, "storing the tokens and the tree in the user cache",
+                   current)
         return entry
 
 
@@ -464,11 +345,12 @@ def prepare(
     ``on_event`` hears every stage start, skip and end (default: the log); ``on_train_step(step,
     loss)`` is called after every optimiser step.
     """
+    started = time.perf_counter()
     base = base or load_model(config.model, device=config.device, dtype=config.dtype)
     checks.check_model(base)
     work = WorkDir(Path(config.out) if config.out else default_work_dir(base))
     work.root.mkdir(parents=True, exist_ok=True)
-    run = _Run(config, base, work, on_event or _log_event, on_train_step)
+    run = _Run(config, base, work, on_event or _log_event, on_train_step, started)
     plan = run.plan_stage()
     run.data_stage(plan)
     run.train_stage(plan)
@@ -480,7 +362,7 @@ def prepare(
     tokens = PromptTokens.load(work.tokens, base)
     summary = summarize(base, plan, dataset.header, tokens.config.record, report, profile)
     entry = run.register_stage(summary) if config.register else None
-    summary["stages"] = dict(run.states)
+    summary["stages"] = dict(run.log.states)
     summary["registered"] = None if entry is None else str(entry)
     write_json_atomic(work.summary, summary)
-    return PrepareResult(work.root, entry, summary, dict(run.states))
+    return PrepareResult(work.root, entry, summary, dict(run.log.states))

@@ -25,8 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ppdecode.cache import KVCache
-from ppdecode.engine import VANILLA, VANILLA_TREE
 from ppdecode.models import LoadedModel
+from ppdecode.planner import VANILLA, VANILLA_TREE
 from ppdecode.prompt_tokens import PromptTokens
 from ppdecode.step import RowPlan, build_inputs, run_forward
 from ppdecode.tree.buffers import build_buffers
