@@ -509,8 +509,12 @@ def test_the_tree_shrinks_then_turns_off_as_the_forward_turns_compute_bound() ->
     from ppdecode.tune.tuner import choose_for_batch
 
     light = choose_for_batch(2, OPTIONS, FAMILY, linear_profile(20.0, 0.1))  # inputs nearly free
-    heavy = choose_for_batch(4, OPTIONS, FAMILY, linear_profile(30.0, 1.2))  # dearer inputs
+    heavy = choose_for_batch(4, OPTIONS, FAMILY, linear_profile(30.0, 0.6))  # dearer inputs
+    marginal = choose_for_batch(4, OPTIONS, FAMILY, linear_profile(30.0, 1.2))  # predicted 1.12x
+    assert marginal.tree is not None and 1.10 < marginal.speedup < 1.15
     off = choose_for_batch(16, OPTIONS, FAMILY, linear_profile(30.0, 30.0))  # each input a forward
+    close = choose_for_batch(8, OPTIONS, FAMILY, linear_profile(30.0, 1.6))  # a few percent: not enough
+    assert close.tree is None and 1.0 < close.speedup <= 1.10
     assert light.tree is not None and heavy.tree is not None and light.budget > heavy.budget
     assert off.tree is None and off.budget == 0 and off.speedup <= 1.0
 
