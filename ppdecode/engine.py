@@ -178,15 +178,16 @@ class Engine:
         memory budget: a short generation does not pay for the longest one.
         """
         rows = len(self._running) + 1
-        need = min(self.max_length, len(request.prompt) + request.config.max_new_tokens + 1)
-        capacity = need + MAX_STEP_INPUTS
+        positions = min(self.max_length, len(request.prompt) + request.config.max_new_tokens + 1)
         cache = self._cache
         if cache is None:
-            self._cache = KVCache(self.base.model, rows, capacity)
-        elif rows > cache.rows or capacity > cache.capacity:
-            grown_rows = min(self.max_batch, max(rows, 2 * cache.rows if rows > cache.rows else 0))
-            grown = min(self.max_length, max(need, 2 * (cache.capacity - MAX_STEP_INPUTS)))
-            cache.grow(grown_rows, grown + MAX_STEP_INPUTS if capacity > cache.capacity else 0)
+            self._cache = KVCache(self.base.model, rows, positions + MAX_STEP_INPUTS)
+            return
+        if rows > cache.rows:
+            rows = min(self.max_batch, max(rows, 2 * cache.rows))
+        if positions + MAX_STEP_INPUTS > cache.capacity:
+            positions = min(self.max_length, max(positions, 2 * (cache.capacity - MAX_STEP_INPUTS)))
+        cache.grow(rows, positions + MAX_STEP_INPUTS)  # grow keeps what is larger already
         logger.debug("KV cache: %s", self.cache_report())
 
     def cache_report(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from ppdecode.bench.runner import (
     WARMUP_TOKENS,
     default_output_dir,
     load_prompt_tokens,
+    method_info,
     ppd_overhead,
     spec_info,
     torch_threads,
@@ -140,13 +141,9 @@ def build_batch_methods(
         else:
             methods.append(HFMethod("hf-greedy", base, HFMode.GREEDY))
     info = {
-        m.name: {
-            "greedy": m.greedy,
-            "ppd": m.ppd,
-            "extra_parameters": m.extra_parameters(),
-            "extra_buffer_bytes": m.extra_buffer_bytes(),
-            **({"trees_by_batch_size": _trees(m.engine)} if isinstance(m, EngineMethod) and m.ppd else {}),
-        }
+        m.name: method_info(
+            m, {"trees_by_batch_size": _trees(m.engine)} if isinstance(m, EngineMethod) and m.ppd else {}
+        )
         for m in methods
     }
     return methods, info

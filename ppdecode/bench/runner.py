@@ -161,16 +161,21 @@ def build_methods(config: BenchConfig, base: LoadedModel) -> tuple[list[Method],
     if config.baseline not in names:
         raise ValueError(f"--baseline {config.baseline!r} is not among the methods run: {', '.join(names)}")
     info = {
-        m.name: {
-            "greedy": m.greedy,
-            "ppd": m.ppd,
-            "extra_parameters": m.extra_parameters(),
-            "extra_buffer_bytes": m.extra_buffer_bytes(),
-            **({"tree": tree_info(m)} if isinstance(m, EngineMethod) and m.ppd else {}),
-        }
+        m.name: method_info(m, {"tree": tree_info(m)} if isinstance(m, EngineMethod) and m.ppd else {})
         for m in methods
     }
     return methods, info
+
+
+def method_info(method: Method, extra: dict[str, Any]) -> dict[str, Any]:
+    """What summary.json records of a method: its kind, its extra parameters and buffers, and ``extra``."""
+    return {
+        "greedy": method.greedy,
+        "ppd": method.ppd,
+        "extra_parameters": method.extra_parameters(),
+        "extra_buffer_bytes": method.extra_buffer_bytes(),
+        **extra,
+    }
 
 
 def load_prompt_tokens(spec: str | None, base: LoadedModel) -> PromptTokens:

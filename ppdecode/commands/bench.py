@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -121,6 +121,12 @@ def bench(
     if show:
         _show(show, _split(categories))
         return
+    # settings both modes take as given
+    common: dict[str, Any] = {
+        "prompts": prompts, "categories": _split(categories), "methods": _split(methods), "model": model,
+        "prompt_tokens": prompt_tokens, "seed": seed, "device": device, "dtype": dtype, "threads": threads,
+        "output_dir": out,
+    }
     if batch:
         if tree or temperature or draft_model:
             raise ValueError(
@@ -132,24 +138,15 @@ def bench(
 
         sizes = parse_batch_sizes(batch)
         batch_config = BatchBenchConfig(
-            prompts=prompts,
-            categories=_split(categories),
             limit=limit if limit is not None else (max(sizes) if quick else None),
             batch_sizes=sizes,
             max_new_tokens=max_new_tokens or (QUICK["max_new_tokens"] if quick else 128),
-            methods=_split(methods),
             remainder=Remainder.of(remainder),
-            model=model,
-            prompt_tokens=prompt_tokens,
             tree=default_tree or "auto",
             repeat=repeat if repeat is not None else 1,
             warmup=warmup if warmup is not None else 1,
             memory_probes=memory_probes if memory_probes is not None else 1,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            threads=threads,
-            output_dir=out,
+            **common,
         )
         logging.getLogger("ppdecode.bench").setLevel(logging.INFO)
         batch_result = run_batch_bench(batch_config, progress=lambda m: console.print(f"[dim]{m}[/dim]"))
@@ -164,14 +161,9 @@ def bench(
         else {"limit": None, "max_new_tokens": 256, "repeat": 1, "warmup": 1, "memory_probes": 1}
     )
     config = BenchConfig(
-        prompts=prompts,
-        categories=_split(categories),
         limit=limit if limit is not None else preset["limit"],
         max_new_tokens=max_new_tokens if max_new_tokens is not None else int(preset["max_new_tokens"] or 0),
-        methods=_split(methods),
         baseline=baseline,
-        model=model,
-        prompt_tokens=prompt_tokens,
         tree=default_tree or "default",
         trees=_named_trees(tree),
         temperature=temperature,
@@ -180,11 +172,7 @@ def bench(
         repeat=repeat if repeat is not None else int(preset["repeat"] or 1),
         warmup=warmup if warmup is not None else int(preset["warmup"] or 0),
         memory_probes=memory_probes if memory_probes is not None else int(preset["memory_probes"] or 0),
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        threads=threads,
-        output_dir=out,
+        **common,
     )
     logging.getLogger("ppdecode.bench").setLevel(logging.INFO)
     result = run_bench(config, progress=lambda message: console.print(f"[dim]{message}[/dim]"))
