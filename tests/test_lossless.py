@@ -9,7 +9,12 @@ from ppdecode.cache import KVCache
 from ppdecode.config import GenerationConfig
 from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel, load_model
-from ppdecode.prompt_tokens import PromptTokens, PromptTokensConfig, default_prompt_tokens
+from ppdecode.prompt_tokens import (
+    PromptTokens,
+    PromptTokensConfig,
+    default_prompt_tokens,
+    packaged_tokens_path,
+)
 from ppdecode.step import RowPlan, build_inputs, run_forward
 from ppdecode.tree.buffers import build_buffers
 from ppdecode.tree.spec import load_tree
@@ -148,8 +153,7 @@ GEMMA_PROMPTS = [
 @pytest.fixture(scope="module")
 def gemma_engines(gemma_f32: LoadedModel) -> tuple[Engine, Engine]:
     """Vanilla, and PPD with the prompt tokens and CPU tree shipped for Gemma-3-270M."""
-    tokens = default_prompt_tokens(gemma_f32)
-    assert tokens.config.base_model == "gemma3-270m"
+    tokens = PromptTokens.load(packaged_tokens_path("gemma3-270m"), gemma_f32)  # not a prepared entry
     return Engine(gemma_f32), Engine(gemma_f32, tokens, load_tree("gemma3-270m-cpu"))
 
 
