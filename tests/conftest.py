@@ -21,3 +21,13 @@ def smollm_f32() -> LoadedModel:
 @pytest.fixture(scope="session")
 def smollm_bf16() -> LoadedModel:
     return load_model("smollm2-135m-instruct", device="cpu", dtype="bfloat16")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: on a small shared CPU, spinning OpenMP threads make the short
+    forwards of training tests many times slower. Modules ask for it with ``usefixtures``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,14 +12,7 @@ from ppdecode.prompt_tokens import PromptTokens, PromptTokensConfig
 from ppdecode.train.accuracy import accuracy_report, measure, plot_report, save_report, summary_table
 from ppdecode.train.data import HELDOUT, TRAIN, Sample
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, spinning OpenMP threads make forwards many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import random
 from dataclasses import replace
 
 import pytest
-import torch
 
 from ppdecode.models import load_model
 from ppdecode.train import sources
@@ -21,14 +20,7 @@ from ppdecode.train.data import (
     split_of,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, spinning OpenMP threads make forwards many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write(path, lines):

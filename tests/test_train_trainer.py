@@ -19,13 +19,7 @@ from ppdecode.tree.spec import DEFAULT_TREE, load_tree
 STEPS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, spinning OpenMP threads make forwards many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Crash(RuntimeError):

@@ -149,6 +149,10 @@ def train(
         resume=resume,
     )
     result = run(config)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one summary, not one per process
+        return
     record = result.tokens.config.record
     typer.echo(
         f"{output}: {result.steps} steps, loss {record['loss_first']:.3f} -> {record['loss_last']:.3f}, "

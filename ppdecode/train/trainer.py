@@ -7,9 +7,12 @@ atomically every ``checkpoint_every`` steps to ``<output>.ckpt``; ``resume`` con
 one. The artifact is written once, at the end, by ``PromptTokens.save`` (atomic: a crash never leaves
 a partial artifact in place of a good one).
 
-Multi-device: the loop runs under ``accelerate``. Each process takes its share of every batch and
-the gradients of the (tiny) prompt parameters are averaged across processes before each step; the
-base model is never wrapped, since it does not train. One CPU process is the ordinary case.
+Multi-device: the loop runs under ``accelerate``. Every process draws the whole batch (samples and
+cuts are a pure function of seed, step and sample, never of the process) and runs its share of the
+rows; each weights its loss by its share of the batch's cuts, so the gradients of the (tiny) prompt
+parameters, summed across processes before each step, and the loss reported are those of one process
+running the whole batch, up to float32 rounding. The base model is never wrapped, since it does not
+train. One CPU process is the ordinary case.
 """
 
 from __future__ import annotations
@@ -130,6 +133,22 @@ def batch_indices(num: int, batch_size: int, step: int, seed: int) -> list[int]:
     return order[index * batch_size : (index + 1) * batch_size]
 
 
+def batch_rows(
+    samples: list[Sample], config: TrainConfig, step: int
+) -> list[tuple[list[int], list[int], list[int]]]:
+    """The rows of global step ``step`` with their cuts; rows left without a usable cut are dropped.
+
+    A pure function of (seed, step, sample), never of the process: every process draws the same batch.
+    """
+    rows = []
+    for i in batch_indices(len(samples), config.batch_size, step, config.seed):
+        rng = random.Random(f"{config.seed}/{step}/{i}")
+        rows.append(
+            _trim(samples[i], config.max_length, config.num_prompt_tokens, config.cuts_per_sample, rng)
+        )
+    return [row for row in rows if row[2]]
+
+
 def total_steps(config: TrainConfig, num_samples: int) -> int:
     if config.steps is not None:
         return config.steps
@@ -173,7 +192,9 @@ def train(
 
     use_cpu = config.device == "cpu" or (config.device in (None, "auto") and not torch.cuda.is_available())
     accelerator = Accelerator(cpu=use_cpu)
-    base = base or load_model(config.model, device=str(accelerator.device), dtype=config.dtype)
+    # Several CPU processes get the device "cpu:<rank>", which is just the CPU.
+    device = "cpu" if accelerator.device.type == "cpu" else str(accelerator.device)
+    base = base or load_model(config.model, device=device, dtype=config.dtype)
     dataset: Dataset = load_dataset(config.dataset, base, config.num_prompt_tokens)
     samples = dataset.split(TRAIN)
     if not samples:
@@ -187,8 +208,8 @@ def train(
     optimizer = torch.optim.AdamW(tokens.parameters(), lr=config.lr, weight_decay=0.0)
     total = total_steps(config, len(samples))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total))
-    count, share = trainable_share(tokens, base)
-    logger.info("trainable parameters: %d (%.4f%% of %s)", count, 100 * share, base.name)
+    count, trainable = trainable_share(tokens, base)
+    logger.info("trainable parameters: %d (%.4f%% of %s)", count, 100 * trainable, base.name)
 
     step, history = 0, []
     checkpoint = config.checkpoint_dir / "state.pt"
@@ -215,6 +236,14 @@ def train(
         logger.warning("--resume: no checkpoint at %s, starting from step 0", checkpoint)
 
     world, rank = accelerator.num_processes, accelerator.process_index
+    if world == 1 and os.environ.get("MASTER_ADDR") and "ACCELERATE_USE_CPU" in os.environ:
+        # accelerate's one-process launcher sets MASTER_ADDR only when asked for several processes.
+        logger.warning(
+            "training in one process: `accelerate launch --num_processes N` without --multi_gpu starts "
+            "one (with --cpu, several only through mpirun); on CPUs use `accelerate launch --multi_gpu "
+            "--num_processes N ... --device cpu` (docs/training.md)"
+        )
+    logger.info("training in %d process(es)", world)
     pad = base.tokenizer.pad_token_id or 0
     losses: list[float] = []
     start = time.perf_counter()
@@ -229,10 +258,10 @@ def train(
         disable=not progress or not accelerator.is_main_process,
     )
     while step < total:
-        indices = batch_indices(len(samples), config.batch_size, step, config.seed)[rank::world]
-        rng = random.Random(f"{config.seed}/{step}/{rank}")  # which cuts: a pure function of the step
-        rows = [_trim(samples[i], config.max_length, n, config.cuts_per_sample, rng) for i in indices]
-        rows = [row for row in rows if row[2]]
+        every = batch_rows(samples, config, step)
+        rows = every[rank::world]
+        # The loss is a mean over the batch's cuts: this process's mean weighs by its share of them.
+        share = sum(len(row[2]) for row in rows) / max(1, sum(len(row[2]) for row in every))
         loss = torch.zeros((), device=base.device)
         if rows:
             batch = make_batch(rows, n, pad)
@@ -241,6 +270,7 @@ def train(
                 loss = distillation_loss(student, teacher, batch.valid, config.alpha)
             else:
                 loss = cross_entropy_loss(student, targets(batch, n), batch.valid, config.alpha)
+            loss = loss * share
             loss.backward()
             with torch.no_grad():
                 counts = rank_counts(student.detach(), teacher.argmax(-1), batch.valid, top_k=1)
@@ -250,17 +280,21 @@ def train(
             if parameter.grad is None:
                 parameter.grad = torch.zeros_like(parameter)
             if world > 1:
-                parameter.grad = accelerator.reduce(parameter.grad, reduction="mean")
+                parameter.grad = accelerator.reduce(parameter.grad, reduction="sum")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        value = float(loss.detach())
+        value = float(accelerator.reduce(loss.detach(), reduction="sum"))  # the whole batch's mean
         losses.append(value)
         history.append(value)
         bar.update()
         if step % config.log_every == 0 or step == total:
             recent = losses[-config.log_every :]
+            if world > 1:  # the bar shows the whole batch's top-1, not the main process's share
+                counts = torch.cat([correct, torch.tensor([float(seen)])]).to(accelerator.device)
+                counts = accelerator.reduce(counts, reduction="sum").cpu()
+                correct, seen = counts[:-1], int(counts[-1])
             top1 = (correct / max(seen, 1)).tolist()
             bar.set_postfix(
                 loss=f"{sum(recent) / len(recent):.3f}",
@@ -310,7 +344,8 @@ def train(
         "dataset_path": str(config.dataset),
         "settings": settings,
         "trainable_parameters": count,
-        "trainable_share": share,
+        "trainable_share": trainable,
+        "processes": world,
         "steps": step,
         "loss_first": mean(history[:window]),
         "loss_last": mean(history[-window:]),
