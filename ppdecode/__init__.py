@@ -74,6 +74,9 @@ def load(
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
     tune: bool = True,
+    draft: str | None = None,
+    draft_ppd: bool = False,
+    draft_length: int = 4,
     **engine_options: Any,
 ) -> Engine:
     """An engine for ``model`` with its prompt tokens (None: vanilla decoding).
@@ -84,11 +87,32 @@ def load(
     ``tune=False``); any other value
     is a tree JSON path, a packaged tree name or a hardware profile. ``engine_options`` go to
     ``Engine`` (``max_batch``, ``max_length``, ``cache_memory``, ``prefill_chunk``).
+
+    ``draft``: speculative decoding with a draft model of the same tokenizer (a model name, directory
+    or .gguf; "default": the model's demonstration draft), whose tokens join the prompt tokens' tree
+    and prompt lookup (alone with ``prompt_tokens=None`` and ``lookup=False`` in the config);
+    ``draft_ppd`` lets the draft write with its own prompt tokens; ``draft_length`` is where its
+    adaptive draft length starts.
     """
     from ppdecode.models import load_model
 
     base = load_model(model, device=device, dtype=dtype)
+    if draft is not None:
+        engine_options["draft"] = _draft(base, draft, draft_ppd, draft_length, tune, engine_options)
     return _engine(base, prompt_tokens, tree, tune, engine_options)
+
+
+def _draft(
+    base: LoadedModel, draft: str, ppd: bool, length: int, tune: bool, engine_options: dict[str, Any]
+) -> Any:
+    """The draft proposer: the draft model in an engine of its own (with its prompt tokens if ``ppd``)."""
+    from ppdecode.draft_model import resolve_draft
+    from ppdecode.proposers.draft import DraftProposer
+
+    draft_base = resolve_draft(base, draft)
+    options = {k: v for k, v in engine_options.items() if k in ("max_batch", "max_length")}
+    engine = _engine(draft_base, "default" if ppd else None, "auto", tune, options)
+    return DraftProposer(engine, length=length)
 
 
 def wrap(
@@ -132,5 +156,5 @@ def _engine(
     else:
         tokens = None
     if tokens is None:
-        return Engine(base, **engine_options)
+        return Engine(base, **engine_options)  # vanilla, or a draft's tokens alone
     return Engine(base, tokens, resolve_trees(base, tokens, tree, allow_tune=tune), **engine_options)

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from ppdecode.commands import bench, generate, prepare, serve, train, tree
+from ppdecode.commands import bench, draft, generate, prepare, serve, train, tree
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Parallel Prompt Decoding")
 
@@ -21,7 +21,7 @@ def _root() -> None:
     """Parallel Prompt Decoding: faster, lossless text generation with trained prompt tokens."""
 
 
-for module in (generate, prepare, train, tree, bench, serve):
+for module in (generate, prepare, train, draft, tree, bench, serve):
     module.register(app)
 
 

@@ -32,9 +32,12 @@ class GenerationConfig:
     chat: bool = True  # apply the chat template when the model has one; False = raw completion
     use_ppd: bool = True
     lookup: bool = True  # prompt lookup joins the prompt tokens' guesses (rank 0 where the history repeats)
-    # inputs a lookup chain (copied tokens verified past the tree) may add to the tree's largest step;
-    # steps with a smaller tree get their difference too (0 = no chain)
+    # inputs a chain (a continuation verified past the tree: lookup copies, a draft model's tokens) may
+    # add to the tree's largest step; steps with a smaller tree get their difference too (0 = no chain)
     lookup_chain: int = 4
+    # a row whose chain was accepted whole doubles its chain room, up to this many inputs (long copies)
+    max_lookup_chain: int = 16
+    ignore_eos: bool = False  # go on past EOS tokens (benchmarks, drafting)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -45,6 +48,10 @@ class GenerationConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.lookup_chain < 0:
             raise ValueError(f"lookup_chain must be >= 0 (0 = off), got {self.lookup_chain}")
+        if self.max_lookup_chain < self.lookup_chain:
+            raise ValueError(
+                f"max_lookup_chain ({self.max_lookup_chain}) must be >= lookup_chain ({self.lookup_chain})"
+            )
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         self.accept = AcceptMode(self.accept)

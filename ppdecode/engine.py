@@ -25,11 +25,11 @@ import torch
 from ppdecode.cache import KVCache, bytes_per_token
 from ppdecode.config import GenerationConfig
 from ppdecode.models import LoadedModel
-from ppdecode.planner import MAX_STEP_INPUTS, VANILLA, plan_row
+from ppdecode.planner import MAX_STEP_INPUTS, VANILLA, VANILLA_TREE, next_chain_room, plan_row, reach
 from ppdecode.prompt_tokens import PromptTokens
-from ppdecode.proposers import LookupProposer, PromptTokenProposer, Proposer
+from ppdecode.proposers import MODEL, LookupProposer, PromptTokenProposer, Proposal, Proposer, RowContext
+from ppdecode.proposers.draft import DraftProposer
 from ppdecode.request import (
-    MODEL,
     GenerationResult,
     GenerationStats,
     Request,
@@ -111,6 +111,7 @@ class Engine:
         tree: TreeChoice | None = None,
         proposer: Proposer | None = None,
         *,
+        draft: DraftProposer | None = None,
         max_batch: int = 8,
         max_length: int | None = None,
         cache_memory: int | None = None,
@@ -139,10 +140,15 @@ class Engine:
         specs = [t.spec for t in self.trees.values() if t is not None]
         self.tree: TreeSpec | None = specs[0] if specs else None
         self.top_k = max((spec.max_top_k for spec in specs), default=1)
-        # A given proposer is used as is; otherwise the prompt tokens' own guesses, joined by prompt
-        # lookup when the generation's config asks for it (the default).
+        # A given proposer is used as is; otherwise the prompt tokens' own guesses (with a draft
+        # model's tokens at rank 0 and past the tree, given a draft), joined by prompt lookup when the
+        # generation's config asks for it (the default). Without prompt tokens a proposer's
+        # continuation is verified alone, as a chain under the root (a draft, prompt lookup alone).
         self.proposer = proposer
-        self._plain_proposer = PromptTokenProposer()
+        self.draft = draft
+        if prompt_tokens is None and (proposer is not None or draft is not None):
+            self.trees = {1: TreeSteps(VANILLA_TREE)}
+        self._plain_proposer: Proposer = draft or PromptTokenProposer()
         self._lookup_proposer = LookupProposer(self._plain_proposer)
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
@@ -301,7 +307,8 @@ class Engine:
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self._requests:
             raise ValueError(f"request id {rid!r} is already in use")
-        request = Request(rid, list(input_ids), config, self.tokenizer, set(self.base.eos_token_ids))
+        eos = set() if config.ignore_eos else set(self.base.eos_token_ids)
+        request = Request(rid, list(input_ids), config, self.tokenizer, eos)
         self._requests[rid] = request
         self._waiting.append(request)
         return rid
@@ -311,6 +318,31 @@ class Engine:
         request = self._requests.get(request_id)
         if request is not None:
             request.cancelled = True
+
+    def rewind(self, request_id: str, history: list[int]) -> None:
+        """Make a decoding request's sequence ``history`` (its prompt, then the tokens taken as
+        committed, the next root last): the cache keeps what it shares with the request's own
+        sequence, the rest is fed in front of the next step's root. A draft model's engine is driven
+        this way: the target model's verdict replaces what the draft wrote."""
+        request = self._requests[request_id]
+        if not request.decoding or request not in self._running:
+            raise ValueError(f"request {request_id!r} is not decoding yet: step the engine first")
+        if not history:
+            raise ValueError("rewind to an empty sequence: give at least one token")
+        if history == request.history:
+            return
+        row = self._row_of(request)
+        old = request.history
+        keep = min(self.cache.lengths[row], len(history) - 1)
+        shared = next((i for i in range(keep) if old[i] != history[i]), keep)
+        self.cache.lengths[row] = shared
+        request.history = list(history)
+        request.pending = tuple(history[shared:-1])
+        request.root, request.ranked = history[-1], None
+
+    def sequence(self, request_id: str) -> list[int]:
+        """A request's prompt and every token committed to it so far (the next root last)."""
+        return self._requests[request_id].history
 
     def has_unfinished(self) -> bool:
         return bool(self._requests)
@@ -365,7 +397,7 @@ class Engine:
             request.prefilled += len(chunk)
             request.stats.forward_s += time.perf_counter() - timer
             return len(chunk), None
-        plan = self._plan(request, self._trees(len(self._running) + 1), tuple(rest[:-1]))
+        plan = self._plan([request], self._trees(len(self._running) + 1), tuple(rest[:-1]))[0]
         committed = self._forward_and_commit([request], [plan], row)[0]
         request.prefilled = len(request.prompt)
         request.stats.prefill_s = time.perf_counter() - request.started
@@ -376,7 +408,7 @@ class Engine:
         """propose → verify → commit for every running row, in one forward."""
         rows = self._running
         trees = self._trees(len(rows))
-        plans = [self._plan(request, trees) for request in rows]  # 1. propose
+        plans = self._plan(rows, trees)  # 1. propose
         committed = self._forward_and_commit(rows, plans, 0)  # 2-4. forward, verify, commit
         outputs: list[RequestOutput] = []
         for request, (tokens, origins) in zip(list(rows), committed, strict=True):
@@ -390,18 +422,17 @@ class Engine:
         """Forward, verify and commit one step; per row the committed tokens and who guessed each."""
         timer = time.perf_counter()
         inputs = build_inputs(self.base, self.prompt_tokens, plans, first_row)
-        logits = run_forward(self.base, inputs, self.cache)  # [B, C, vocab]
-        if logits.device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - timer
+        hidden = run_forward(self.base, inputs, self.cache)  # [B, C, H]
         verdicts = batch_verdicts(
-            logits,
+            self.base,
+            hidden,
             plans,
             inputs.logits_from,
             [r.config for r in rows],
             [r.generator for r in rows],
             self.top_k,
         )
+        elapsed = time.perf_counter() - timer  # the forward and the output layer (in verification)
         committed = []
         for b, (request, plan, row_verdict) in enumerate(zip(rows, plans, verdicts, strict=True)):
             verdict = row_verdict.verdict
@@ -409,7 +440,9 @@ class Engine:
             request.stats.forward_s += elapsed
             request.stats.draft_tokens += plan.buffers.num_nodes
             request.stats.count_accepted(len(verdict.accepted))
+            request.chain_room = next_chain_room(request, plan, len(verdict.accepted))
             request.root, request.ranked = verdict.bonus, row_verdict.ranked
+            request.pending = ()
             origins = [plan.origins[i] for i in verdict.accepted] + [MODEL]
             committed.append(([*verdict.accepted_tokens, verdict.bonus], origins))
         return committed
@@ -419,6 +452,7 @@ class Engine:
     ) -> list[RequestOutput]:
         """Commit the step's tokens to the request; release it when it is done."""
         chunk = request.commit(tokens, origins, 0 if prefill else len(tokens))
+        self._proposer(request.config).accepted(request.request_id, request.history, len(tokens) - 1)
         if not prefill:
             request.stats.accept_lengths.append(len(tokens))
         length = self.cache.lengths[self._row_of(request)]
@@ -439,6 +473,7 @@ class Engine:
         if request.finish is None:
             request.finish = "cancelled"
         self._requests.pop(request.request_id, None)
+        self._proposer(request.config).reset(request.request_id)
         if request in self._waiting:
             self._waiting.remove(request)
         cache = self._cache
@@ -477,9 +512,30 @@ class Engine:
             return self.proposer
         return self._lookup_proposer if config.lookup else self._plain_proposer
 
-    def _plan(self, request: Request, trees: TreeSteps | None, prefix: tuple[int, ...] = ()) -> RowPlan:
-        """1. propose: the row's tree for its depth, filled with its proposer's guesses."""
-        prefilling = bool(prefix) or not request.decoding
-        start = request.prefilled if prefilling else self.cache.lengths[self._row_of(request)]
-        proposer = self._proposer(request.config)
-        return plan_row(request, trees, proposer, start, self.max_length, prefix)
+    def _plan(
+        self, requests: list[Request], trees: TreeSteps | None, prefix: tuple[int, ...] = ()
+    ) -> list[RowPlan]:
+        """1. propose: each row's tree for its depth, filled with its proposer's guesses.
+
+        Each proposer is asked once for all its rows. ``prefix`` is a prefill's context (one row);
+        a decoding row feeds what a rewind left pending in front of its root.
+        """
+        proposals: list[Proposal | None] = [None] * len(requests)
+        asks: dict[int, tuple[Proposer, list[int], list[RowContext]]] = {}
+        for i, request in enumerate(requests):
+            where = reach(request, trees)
+            if where is not None:
+                proposer = self._proposer(request.config)
+                _, rows, contexts = asks.setdefault(id(proposer), (proposer, [], []))
+                rows.append(i)
+                contexts.append(RowContext(request.request_id, request.ranked, request.history, sum(where)))
+        for proposer, rows, contexts in asks.values():
+            for i, made in zip(rows, proposer.propose(contexts), strict=True):
+                proposals[i] = made
+        plans = []
+        for request, proposal in zip(requests, proposals, strict=True):
+            prefilling = bool(prefix) or not request.decoding
+            start = request.prefilled if prefilling else self.cache.lengths[self._row_of(request)]
+            front = prefix if prefilling else request.pending
+            plans.append(plan_row(request, trees, proposal, start, self.max_length, front))
+        return plans

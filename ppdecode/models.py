@@ -246,6 +246,10 @@ def load_model(
     """Load a frozen base model in evaluation mode (sdpa attention, so custom 4D float masks work)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ppdecode.draft_model import DRAFTS, load_draft
+
+    if spec in DRAFTS:  # a draft cut from an embedded model
+        return load_draft(spec, device, dtype)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     name, directory = model_dir(spec)

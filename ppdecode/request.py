@@ -14,11 +14,20 @@ from typing import Any
 import torch
 
 from ppdecode.config import GenerationConfig
-from ppdecode.proposers import Ranked
+from ppdecode.proposers import DRAFT, LOOKUP, MODEL, PPD, Ranked
 from ppdecode.text import TextStream
 
-# Where a committed token came from (StreamChunk.origins)
-MODEL, PPD, LOOKUP = "model", "ppd", "lookup"
+__all__ = [
+    "DRAFT",
+    "LOOKUP",
+    "MODEL",
+    "PPD",
+    "GenerationResult",
+    "GenerationStats",
+    "Request",
+    "RequestOutput",
+    "StreamChunk",
+]
 
 
 @dataclass
@@ -135,6 +144,8 @@ class Request:
         self.prefilled = 0  # prompt tokens already in the cache (a prefill may take several chunks)
         self.root = prompt[-1]  # the token whose step comes next (not yet in the cache)
         self.ranked: Ranked | None = None  # the prompt tokens' candidates for the next step
+        self.pending: tuple[int, ...] = ()  # tokens to feed in front of the root (after a rewind)
+        self.chain_room = config.lookup_chain  # inputs this row's chain may add; grows while accepted
         self.finish: str | None = None
         self.cancelled = False
         self.arrived = time.perf_counter()

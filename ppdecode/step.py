@@ -163,17 +163,30 @@ def build_inputs(
 
 
 def run_forward(base: LoadedModel, inputs: StepInputs, cache: KVCache) -> torch.Tensor:
-    """One forward of the step; returns logits [B, W - logits_from, vocab] (the output layer runs on
-    those columns only: a prefill's context needs none, and on a small model that layer is a fifth of
-    a forward)."""
+    """One forward of the step's decoder; returns the final hidden states [B, W - logits_from, H].
+
+    The output layer is not run here: verification applies it where it needs logits (``head_logits``),
+    in slices, so that a step of many inputs (a long chain) never holds [W, vocab] logits at once. A
+    prefill's context needs none, and on a small model that layer is a fifth of a forward.
+    """
     cache.begin(inputs.first_row, inputs.writes, inputs.key_length)
-    out = base.model(
+    decoder = base.model.get_decoder()
+    out = decoder(
         inputs_embeds=inputs.embeds,
         attention_mask=inputs.mask,
         position_ids=inputs.positions,
         cache=cache,
         use_cache=True,
-        logits_to_keep=inputs.width - inputs.logits_from,
         **inputs.extra,
     )
-    return out.logits
+    return out.last_hidden_state[:, inputs.logits_from :]
+
+
+def head_logits(base: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's output layer on final hidden states: [..., H] -> [..., vocab] logits (with the final
+    soft-capping of the families that have it, as their own forward applies it)."""
+    logits = base.model.get_output_embeddings()(hidden)
+    cap = getattr(base.model.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from ppdecode.config import AcceptMode, GenerationConfig
-from ppdecode.step import RowPlan
+from ppdecode.models import LoadedModel
+from ppdecode.step import RowPlan, head_logits
 from ppdecode.tree.buffers import TreeBuffers
 
 
@@ -166,8 +167,29 @@ class RowVerdict:
     ranked: list[list[int]] | None  # [slots of the last accepted node][top_k], None without slots
 
 
+HEAD_SLICE = 16  # rows of logits [HEAD_SLICE, vocab] that exist at once while a step is verified
+
+
+def greedy_tokens(base: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """[n, H] final hidden states -> [n] argmax tokens, the output layer run on slices of rows."""
+    # max(...).indices, not argmax: on a CPU, argmax over bf16 rows is several times slower (and a
+    # float32 copy of all logits would double the step's largest tensor)
+    pieces = [head_logits(base, rows).max(dim=-1).indices for rows in hidden.split(HEAD_SLICE)]
+    return torch.cat(pieces)
+
+
+def group_top_k(base: LoadedModel, hidden: torch.Tensor, k: int) -> torch.Tensor:
+    """[G, V, H] hidden states of the slot groups' members -> [G, k] top-k of their mean logits."""
+    pieces = []
+    for groups in hidden.split(HEAD_SLICE):
+        logits = head_logits(base, groups).float()  # [g, V, vocab]
+        pieces.append(logits.mean(dim=1).topk(min(k, logits.shape[-1]), dim=-1).indices)
+    return torch.cat(pieces)
+
+
 def batch_verdicts(
-    logits: torch.Tensor,  # [B, C, vocab] for columns logits_from .. W - 1 of each row
+    base: LoadedModel,
+    hidden: torch.Tensor,  # [B, C, H] final hidden states of columns logits_from .. W - 1 of each row
     plans: list[RowPlan],
     logits_from: int,
     configs: list[GenerationConfig],
@@ -178,23 +200,21 @@ def batch_verdicts(
 
     The argmax of every column and the top-k of every prompt-slot group (the mean over ensemble
     members) come back together, so the next step's candidates are known whichever node wins.
+    Logits are made from the hidden states where they are needed, a slice of rows at a time; a
+    sampled row gets the full logits of its token inputs.
     """
-    b, c, vocab = logits.shape
-    flat = logits.reshape(b * c, vocab)
+    b, c, width = hidden.shape
+    flat = hidden.reshape(b * c, width)
     group_index: list[list[int]] = []  # [G][V] flat rows of each slot group, row by row
     first_group: list[int] = []  # per row: its first group
     for row, plan in enumerate(plans):
         first_group.append(len(group_index))
-        base = row * c + len(plan.prefix) - logits_from
-        group_index.extend([base + i for i in group] for group in plan.buffers.slot_groups)
-    # max(...).indices, not argmax: on a CPU, argmax over bf16 rows is several times slower (and a
-    # float32 copy of all logits would double the step's largest tensor)
-    pieces = [logits.max(dim=-1).indices.flatten()]  # [B * C]
+        offset = row * c + len(plan.prefix) - logits_from
+        group_index.extend([offset + i for i in group] for group in plan.buffers.slot_groups)
+    pieces = [greedy_tokens(base, flat)]  # [B * C]
     if group_index:
-        index = torch.tensor(group_index, device=logits.device)  # [G, V]
-        groups = flat[index[:, 0]].float() if index.shape[1] == 1 else flat[index].float().mean(dim=1)
-        k = min(top_k, vocab)
-        pieces.append(groups.topk(k, dim=-1).indices.flatten())  # groups: [G, vocab] -> [G * k]
+        index = torch.tensor(group_index, device=hidden.device)  # [G, V]
+        pieces.append(group_top_k(base, flat[index], top_k).flatten())  # [G * k]
     host = torch.cat(pieces).tolist()  # the step's one transfer for greedy rows
     predicted_all, topk_all = host[: b * c], host[b * c :]
     out: list[RowVerdict] = []
@@ -208,16 +228,28 @@ def batch_verdicts(
             verdict = verify_greedy(predicted_all[start : start + len(tokens)], tokens, buffers)
         else:
             config = configs[row]
-            row_logits = logits[row, column : column + len(tokens)]  # [1 + num_nodes, vocab]
-            token_tensor = torch.tensor(tokens, device=logits.device)
+            row_logits = head_logits(base, hidden[row, column : column + len(tokens)])  # [1 + nodes, vocab]
+            token_tensor = torch.tensor(tokens, device=hidden.device)
             if mode is AcceptMode.TYPICAL:
                 verdict = verify_typical(
-                    row_logits, token_tensor, buffers, config.temperature, config.top_k, config.top_p,
-                    config.posterior_threshold, config.posterior_alpha, generators[row],
+                    row_logits,
+                    token_tensor,
+                    buffers,
+                    config.temperature,
+                    config.top_k,
+                    config.top_p,
+                    config.posterior_threshold,
+                    config.posterior_alpha,
+                    generators[row],
                 )
             else:
                 verdict = verify_lossless(
-                    row_logits, token_tensor, buffers, config.temperature, config.top_k, config.top_p,
+                    row_logits,
+                    token_tensor,
+                    buffers,
+                    config.temperature,
+                    config.top_k,
+                    config.top_p,
                     generators[row],
                 )
         slots = buffers.node_slots[verdict.last]

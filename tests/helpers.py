@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ppdecode.proposers import Proposal, Ranked
+from ppdecode.proposers import Proposal, Ranked, RowProposer
 
 PROMPTS = [
     "Write a haiku about rivers.",
@@ -28,7 +28,7 @@ PROMPTS = [
 ]
 
 
-class ReferenceProposer:
+class ReferenceProposer(RowProposer):
     """Proposes from a known greedy continuation ``reference`` of the prompt.
 
     ``right=True``: rank 0 at every depth is the true next token (an oracle: every guess on the
@@ -57,7 +57,7 @@ class ReferenceProposer:
         filler = [t for t in range(top_k + 1) if t != truth][:top_k]
         return ([truth] + filler[: top_k - 1]) if self.right and truth >= 0 else filler
 
-    def propose(self, ranked: Ranked | None, history: list[int], reach: int) -> Proposal:
+    def propose_row(self, ranked: Ranked | None, history: list[int], reach: int) -> Proposal:
         depth = len(ranked) if ranked else 0
         top_k = len(ranked[0]) if ranked else 1
         rows = [self._row(history, i, top_k) for i in range(depth)]

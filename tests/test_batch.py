@@ -13,7 +13,7 @@ from ppdecode.cache import KVCache, bytes_per_token
 from ppdecode.config import GenerationConfig
 from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel
-from ppdecode.prompt_tokens import PromptTokens, PromptTokensConfig, default_prompt_tokens
+from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
 from ppdecode.tree.spec import load_tree
 
 from .helpers import PROMPTS
@@ -184,10 +184,8 @@ def test_two_engines_on_one_model_do_not_interfere(smollm_f32: LoadedModel, sing
     plain_engine = Engine(smollm_f32, PromptTokens.initial(smollm_f32), tree)
     config = GenerationConfig(max_new_tokens=NEW_TOKENS)
     before = [plain_engine.generate(p, config) for p in PROMPTS[:2]]  # no deep tokens on the model yet
-    deep = PromptTokens.initial(smollm_f32, PromptTokensConfig(deep=True), seed=1)
+    deep = default_prompt_tokens(smollm_f32)  # the shipped tokens: deep, and trained
     assert deep.layer_deltas is not None
-    with torch.no_grad():
-        deep.layer_deltas.normal_(0, 0.5)
     deep_engine = Engine(smollm_f32, deep, tree)  # its hooks now sit on the shared decoder layers
     for prompt, alone in zip(PROMPTS[:2], before, strict=True):
         a = deep_engine.generate(prompt, config)

@@ -142,6 +142,34 @@ def test_assisted_generation_equals_greedy(smollm_f32: LoadedModel, smollm_bf16:
     assert sum(assisted.accept_lengths) <= len(assisted.token_ids) - 1  # the prefill commits the rest
 
 
+def test_draft_and_lookup_methods_run_and_equal_vanilla(
+    smollm_f32: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our prompt lookup alone, the demonstration draft alone, writing with PPD, and the hybrid: each
+    decodes vanilla's tokens and gets a memory entry (draft parameters counted, shared ones not)."""
+    no_tuned_tree(monkeypatch, tmp_path)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps(QUESTIONS[1]) + "\n")
+    config = BenchConfig(
+        prompts=str(questions),
+        max_new_tokens=12,
+        methods=("vanilla", "lookup", "draft", "draft-ppd", "hybrid"),
+        baseline="vanilla",
+        warmup=0,
+        memory_probes=1,
+        threads=1,
+        output_dir=tmp_path / "out",
+    )
+    result = run_bench(config, base=smollm_f32)
+    by_method = {r.method: r for r in result.records}
+    assert set(by_method) == {"vanilla", "lookup", "draft", "draft-ppd", "hybrid:default"}
+    assert all(r.equal for name, r in by_method.items() if name != "vanilla"), result.records
+    memory = result.summary["memory"]["methods"]
+    draft_params = memory["draft"]["prompt_token_bytes"]  # the draft's own exit and shortlisted head
+    assert 0 < draft_params < memory["draft-ppd"]["prompt_token_bytes"]  # + the draft's prompt tokens
+    assert draft_params < 0.2 * result.summary["memory"]["model_weight_bytes"]  # its layers are shared
+
+
 def test_config_refuses_misuse() -> None:
     with pytest.raises(ValueError, match="unknown methods"):
         BenchConfig(methods=("medusa",))

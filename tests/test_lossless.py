@@ -15,7 +15,7 @@ from ppdecode.prompt_tokens import (
     default_prompt_tokens,
     packaged_tokens_path,
 )
-from ppdecode.step import RowPlan, build_inputs, run_forward
+from ppdecode.step import RowPlan, build_inputs, head_logits, run_forward
 from ppdecode.tree.buffers import build_buffers
 from ppdecode.tree.spec import load_tree
 
@@ -69,6 +69,29 @@ def test_prompt_lookup_is_lossless_and_copies_repeated_text(
     assert with_lookup.stats.tau > plain.stats.tau
     assert with_chain.stats.tau > with_lookup.stats.tau
     assert ppd.tree is not None and max(with_chain.stats.accept_lengths) > ppd.tree.num_prompt_tokens + 1
+
+
+LONG_COPY = (
+    "Repeat the following text exactly, word for word, and nothing else:\n\nThe old lighthouse stood at "
+    "the edge of the cliff for two hundred years. Every night its keeper climbed the narrow stairs, "
+    "trimmed the wick and polished the great lens until it shone. Ships passing in the dark saw its beam "
+    "and steered clear of the rocks below."
+)
+
+
+def test_a_long_copy_grows_the_chain_to_sixteen(engines: tuple[Engine, Engine]) -> None:
+    """A verbatim repeat: chains accepted whole double the row's chain room up to max_lookup_chain, so
+    a step commits far more than the tree's depth; a shorter limit keeps steps shorter. Output stays
+    vanilla's."""
+    vanilla, ppd = engines
+    ids = vanilla.encode(LONG_COPY)
+    expected = vanilla.generate_ids(ids, GenerationConfig(max_new_tokens=96)).token_ids
+    long = ppd.generate_ids(ids, GenerationConfig(max_new_tokens=96))
+    short = ppd.generate_ids(ids, GenerationConfig(max_new_tokens=96, max_lookup_chain=4))
+    assert long.token_ids == short.token_ids == expected
+    assert max(long.stats.accept_lengths) > 20, long.stats.accept_lengths  # measured: 8, 21, 26
+    assert max(short.stats.accept_lengths) < max(long.stats.accept_lengths)
+    assert long.stats.steps < short.stats.steps
 
 
 def test_vanilla_engine_equals_transformers_generate(smollm_f32: LoadedModel) -> None:
@@ -200,7 +223,8 @@ def test_variants_stay_lossless_and_change_the_guesses(
         plan = RowPlan(0, (ids[-1],), buffers, tuple(ids[:-1]))
         with torch.inference_mode():
             inputs = build_inputs(smollm_f32, tokens, [plan])
-            logits = run_forward(smollm_f32, inputs, KVCache(smollm_f32.model, 1, len(ids) + 16))[0]
+            hidden = run_forward(smollm_f32, inputs, KVCache(smollm_f32.model, 1, len(ids) + 16))[0]
+            logits = head_logits(smollm_f32, hidden)
         # logits start at the tree's root: tree input i is row i
         slot_logits.append(logits[list(buffers.slot_groups[0])].mean(0))  # [vocab]: prompt token 1
     assert not torch.allclose(slot_logits[0], slot_logits[1])

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from ppdecode.proposers import LookupProposer, PromptTokenProposer, lookup_continuation, lookup_match
+from ppdecode.proposers import (
+    LookupProposer,
+    PromptTokenProposer,
+    Proposal,
+    Proposer,
+    Ranked,
+    RowContext,
+    lookup_continuation,
+    lookup_match,
+)
+
+
+def _one(proposer: Proposer, ranked: Ranked | None, history: list[int], reach: int) -> Proposal:
+    """The proposal for one row."""
+    return proposer.propose([RowContext("row", ranked, history, reach)])[0]
 
 
 def test_lookup_copies_what_followed_the_last_ngram() -> None:
@@ -30,10 +44,10 @@ def test_lookup_without_an_earlier_occurrence_is_empty() -> None:
 
 def test_the_copied_tokens_take_rank_zero_and_siblings_stay_distinct() -> None:
     ranked = [[10, 11, 12, 13], [14, 15, 16, 17], [18, 19, 0, 1]]
-    plain = PromptTokenProposer().propose(ranked, [], 3).candidates
+    plain = _one(PromptTokenProposer(), ranked, [], 3).candidates
     assert plain == ranked
     history = [2, 12, 6, 2]  # "2" was followed by 12 6 2: depth 1 guesses 12, depth 2 guesses 6, ...
-    proposal = LookupProposer(PromptTokenProposer()).propose(ranked, history, 3)
+    proposal = _one(LookupProposer(PromptTokenProposer()), ranked, history, 3)
     assert proposal.candidates is not None and proposal.copied == 3
     got = proposal.candidates
     assert got[0] == [12, 10, 11, 13]  # already a candidate: moved to the front, not repeated
@@ -41,7 +55,7 @@ def test_the_copied_tokens_take_rank_zero_and_siblings_stay_distinct() -> None:
     assert got[2] == [2, 18, 19, 0]
     assert all(len(set(row)) == len(row) for row in got)
     # nothing to copy: the prompt tokens' candidates unchanged
-    unchanged = LookupProposer(PromptTokenProposer()).propose(ranked, [3, 4], 3)
+    unchanged = _one(LookupProposer(PromptTokenProposer()), ranked, [3, 4], 3)
     assert unchanged.candidates == ranked
     assert unchanged.continuation == () and unchanged.copied == 0
 
@@ -51,13 +65,13 @@ def test_only_a_trusted_match_reaches_past_the_tree() -> None:
     lookup = LookupProposer(PromptTokenProposer(), chain_ngram=2)
     two_gram = [1, 2, 3, 4, 5, 6, 7, 1, 2]  # "1 2" occurred before: its continuation may reach past depth 2
     assert lookup_match(two_gram, 5).ngram == 2
-    assert lookup.propose(ranked, two_gram, 5).continuation == (3, 4, 5, 6, 7)
+    assert _one(lookup, ranked, two_gram, 5).continuation == (3, 4, 5, 6, 7)
     one_gram = [1, 2, 3, 4, 5, 6, 7, 9, 2]  # only "2" occurred before: the copy stays within the tree
-    assert lookup.propose(ranked, one_gram, 5).continuation == (3, 4)
+    assert _one(lookup, ranked, one_gram, 5).continuation == (3, 4)
     # without prompt distributions (depth 0), a trusted match alone is proposed
-    alone = lookup.propose(None, two_gram, 4)
+    alone = _one(lookup, None, two_gram, 4)
     assert alone.candidates is None and alone.continuation == (3, 4, 5, 6)
-    assert lookup.propose(None, one_gram, 4).continuation == ()
+    assert _one(lookup, None, one_gram, 4).continuation == ()
 
 
 def test_bad_ngram_sizes_are_refused() -> None:

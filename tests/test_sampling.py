@@ -18,7 +18,8 @@ from ppdecode.config import AcceptMode, GenerationConfig
 from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens
-from ppdecode.proposers import Proposal, Ranked
+from ppdecode.proposers import Proposal, Ranked, RowProposer
+from ppdecode.proposers.draft import DraftProposer
 from ppdecode.tree.spec import load_tree
 
 from .helpers import ReferenceProposer
@@ -53,7 +54,7 @@ def exact_distribution(base: LoadedModel, ids: list[int]) -> dict[tuple[int, ...
     return dist
 
 
-class LikelyProposer:
+class LikelyProposer(RowProposer):
     """Proposes the model's most likely continuations so that guesses are often accepted and sometimes not."""
 
     def __init__(self, prompt_length: int, dist: dict[tuple[int, ...], float], continuation: bool) -> None:
@@ -61,7 +62,7 @@ class LikelyProposer:
         self.dist = dist
         self.continuation = continuation  # also guess past the tree (verified as a lookup chain)
 
-    def propose(self, ranked: Ranked | None, history: list[int], reach: int) -> Proposal:
+    def propose_row(self, ranked: Ranked | None, history: list[int], reach: int) -> Proposal:
         """Candidates by probability at each depth; the most likely path continues as far as known."""
         depth = len(ranked) if ranked else 0
         top_k = len(ranked[0]) if ranked else 1
@@ -146,6 +147,17 @@ def test_lossless_sampling_through_a_lookup_chain(setup, smollm_f32: LoadedModel
     engine = Engine(smollm_f32, PromptTokens.initial(smollm_f32), load_tree("default"), proposer)
     counts, accepted = sample_counts(engine, ids)
     assert accepted > SAMPLES // 2, "the chain's guesses should be accepted often"
+    p_value = chi_square_p_value(counts, dist, SAMPLES)
+    assert p_value > 0.001, (p_value, counts)
+
+
+def test_lossless_sampling_with_a_draft_model(setup, smollm_f32: LoadedModel) -> None:
+    """A draft model's greedy tokens (here the model drafting for itself, so most are likely) are
+    deterministic candidates: verified by the rule of METHOD §3, sampling stays exact."""
+    _, ids, dist = setup
+    engine = Engine(smollm_f32, draft=DraftProposer(Engine(smollm_f32), length=3, adaptive=False))
+    counts, accepted = sample_counts(engine, ids)
+    assert accepted > SAMPLES // 4, "the draft's tokens should be accepted often, or the test proves little"
     p_value = chi_square_p_value(counts, dist, SAMPLES)
     assert p_value > 0.001, (p_value, counts)
 

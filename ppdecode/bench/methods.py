@@ -4,8 +4,9 @@ Every method takes the same token ids and the same ``max_new_tokens`` and stops 
 ids, and reports the new tokens (EOS included, as our engine does), the wall time, the forward passes
 after the prefill ("steps") and, where it can tell, τ of each step.
 
-- ``EngineMethod``: our engine, vanilla (one token per forward) or PPD with a named tree, greedy or
-  lossless sampling at a temperature.
+- ``EngineMethod``: our engine, vanilla (one token per forward) or with guesses: PPD with a named
+  tree, prompt lookup alone, a draft model (alone, writing with PPD, or in the hybrid tree), greedy
+  or lossless sampling at a temperature.
 - ``HFMethod``: ``transformers`` ``generate()``: greedy, prompt-lookup decoding
   (``prompt_lookup_num_tokens``) or assisted generation with a draft model (``assistant_model``).
   Steps and τ come from a forward pre-hook that reads the cache length at each target forward: the
@@ -77,18 +78,28 @@ class BatchMethod(Method, Protocol):
 
 
 class EngineMethod:
-    """Our engine: vanilla when ``use_ppd`` is False, else PPD with the engine's tree (and prompt lookup)."""
+    """Our engine: vanilla when ``use_ppd`` is False, else with the engine's guesses (its tree, its
+    draft, prompt lookup unless ``lookup`` is False; ``lookup_chain`` as in the config)."""
 
     def __init__(
-        self, name: str, engine: Engine, use_ppd: bool, temperature: float = 0.0, lookup: bool = True
+        self,
+        name: str,
+        engine: Engine,
+        use_ppd: bool,
+        temperature: float = 0.0,
+        lookup: bool = True,
+        lookup_chain: int = GenerationConfig.lookup_chain,
     ) -> None:
-        if use_ppd and engine.prompt_tokens is None:
-            raise ValueError(f"method {name}: PPD needs an engine with prompt tokens")
+        if use_ppd and not engine.trees:
+            raise ValueError(
+                f"method {name}: guesses need an engine with prompt tokens, a draft or a proposer"
+            )
         self.name = name
         self.engine = engine
         self.use_ppd = use_ppd
         self.temperature = temperature
         self.lookup = lookup
+        self.lookup_chain = lookup_chain
         self.greedy = temperature == 0
         self.ppd = use_ppd
 
@@ -99,6 +110,8 @@ class EngineMethod:
             seed=None if self.greedy else seed,
             use_ppd=self.use_ppd,
             lookup=self.lookup,
+            lookup_chain=self.lookup_chain,
+            max_lookup_chain=max(self.lookup_chain, GenerationConfig.max_lookup_chain),
         )
 
     def run(self, input_ids: list[int], max_new_tokens: int, seed: int | None) -> RunOutput:
@@ -115,15 +128,30 @@ class EngineMethod:
         seconds = time.perf_counter() - start
         return BatchOutput([_engine_output(r, r.stats.total_s) for r in results], seconds)
 
+    def extra_tensors(self) -> list[torch.Tensor]:
+        """What the guesses add to the base model: its prompt tokens, and a draft model's own
+        parameters (not those it shares with the base model) and prompt tokens."""
+        if not self.use_ppd:
+            return []
+        engine = self.engine
+        tensors: list[torch.Tensor] = [*engine.prompt_tokens.parameters()] if engine.prompt_tokens else []
+        if engine.draft is not None:
+            draft = engine.draft.engine
+            shared = {p.data_ptr() for p in engine.base.model.parameters()}
+            tensors += [p for p in draft.base.model.parameters() if p.data_ptr() not in shared]
+            if draft.prompt_tokens is not None:
+                tensors += list(draft.prompt_tokens.parameters())
+        return tensors
+
     def extra_parameters(self) -> int:
-        tokens = self.engine.prompt_tokens
-        return tokens.num_parameters() if self.use_ppd and tokens is not None else 0
+        return sum(t.numel() for t in self.extra_tensors())
 
     def extra_buffer_bytes(self) -> int:
-        """The per-depth buffers of every tree the engine holds (one per batch size it chooses for)."""
+        """The per-depth buffers of every tree the engine (and its draft's engine) holds."""
         if not self.use_ppd:
             return 0
-        distinct = {id(steps): steps for steps in self.engine.trees.values() if steps is not None}
+        engines = [self.engine] + ([self.engine.draft.engine] if self.engine.draft is not None else [])
+        distinct = {id(s): s for e in engines for s in e.trees.values() if s is not None}
         return sum(_buffer_bytes(steps.by_depth) for steps in distinct.values())
 
 

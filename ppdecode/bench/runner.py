@@ -31,15 +31,34 @@ from ppdecode.bench.memory import PeakRSS, TensorPeak, module_bytes
 from ppdecode.bench.methods import EngineMethod, HFMethod, HFMode, Method, RunOutput
 from ppdecode.bench.metrics import Record, first_difference, median, overhead, summarise
 from ppdecode.bench.prompts import BenchPrompt
+from ppdecode.draft_model import resolve_draft
 from ppdecode.engine import Engine
 from ppdecode.models import DEFAULT_MODEL, LoadedModel, load_model
 from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
+from ppdecode.proposers import LookupProposer, PromptTokenProposer
+from ppdecode.proposers.draft import DraftProposer
 from ppdecode.tree.spec import DEFAULT_TREE, TreeSpec, load_tree
 from ppdecode.tune.resolve import AUTO, resolve_tree
 
 logger = logging.getLogger(__name__)
 
-FAMILIES = ("vanilla", "hf-greedy", "hf-lookup", "hf-assisted", "ppd", "ppd-plain")
+FAMILIES = (
+    "vanilla",
+    "hf-greedy",
+    "hf-lookup",
+    "hf-assisted",
+    "ppd",
+    "ppd-plain",
+    "lookup",
+    "draft",
+    "draft-ppd",
+    "hybrid",
+)
+DRAFT_FAMILIES = (
+    "draft",
+    "draft-ppd",
+    "hybrid",
+)  # our engine with a draft model (--draft-model, else the default's)
 # + hf-assisted when a draft is given
 DEFAULT_FAMILIES = ("vanilla", "hf-greedy", "hf-lookup", "ppd", "ppd-plain")
 WARMUP_TOKENS = 16
@@ -76,6 +95,8 @@ class BenchConfig:
         unknown = [m for m in self.methods if m not in FAMILIES]
         if unknown:
             raise ValueError(f"unknown methods {unknown}: choose from {', '.join(FAMILIES)}")
+        if self.draft_model is None and set(DRAFT_FAMILIES) & set(self.methods):
+            self.draft_model = "default"
         if "hf-assisted" in self.methods and not self.draft_model:
             raise ValueError("method hf-assisted needs a draft model: pass --draft-model")
         if self.max_new_tokens < 1:
@@ -123,12 +144,18 @@ def build_methods(config: BenchConfig, base: LoadedModel) -> tuple[list[Method],
         methods.append(HFMethod("hf-greedy", base, HFMode.GREEDY))
     if "hf-lookup" in families:
         methods.append(HFMethod("hf-lookup", base, HFMode.PROMPT_LOOKUP, config.prompt_lookup_num_tokens))
+    draft_base = None
+    if config.draft_model is not None and ({"hf-assisted", *DRAFT_FAMILIES} & set(families)):
+        draft_base = resolve_draft(base, config.draft_model)
     if "hf-assisted" in families:
-        assert config.draft_model is not None
-        draft = load_model(config.draft_model, device=str(base.device), dtype=base.dtype)
-        methods.append(HFMethod("hf-assisted", base, HFMode.ASSISTED, draft=draft))
+        assert draft_base is not None
+        methods.append(HFMethod("hf-assisted", base, HFMode.ASSISTED, draft=draft_base))
+    if "lookup" in families:  # prompt lookup alone in our engine: its copies verified as a chain
+        engine = Engine(base, proposer=LookupProposer(PromptTokenProposer()))
+        chain = config.prompt_lookup_num_tokens
+        methods.append(EngineMethod("lookup", engine, use_ppd=True, lookup_chain=chain))
     ppd_engines: dict[str, Engine] = {}
-    if "ppd" in families or "ppd-plain" in families:
+    if {"ppd", "ppd-plain", "hybrid"} & set(families):
         tokens = load_prompt_tokens(config.prompt_tokens, base)
         default = load_tree(config.tree)
         trees: list[tuple[str, TreeSpec]] = [("default", default)]
@@ -146,6 +173,8 @@ def build_methods(config: BenchConfig, base: LoadedModel) -> tuple[list[Method],
             # The prompt tokens' guesses alone, without prompt lookup, on the tree `ppd generate` uses.
             name = "tuned" if "tuned" in ppd_engines else "default"
             methods.append(EngineMethod(f"ppd-plain:{name}", ppd_engines[name], use_ppd=True, lookup=False))
+    if draft_base is not None and set(DRAFT_FAMILIES) & set(families):
+        methods += draft_methods(config, base, draft_base, families, ppd_engines)
     if config.temperature > 0:
         t = f"@t{config.temperature:g}"
         if "vanilla" in families:
@@ -161,10 +190,53 @@ def build_methods(config: BenchConfig, base: LoadedModel) -> tuple[list[Method],
     if config.baseline not in names:
         raise ValueError(f"--baseline {config.baseline!r} is not among the methods run: {', '.join(names)}")
     info = {
-        m.name: method_info(m, {"tree": tree_info(m)} if isinstance(m, EngineMethod) and m.ppd else {})
+        m.name: method_info(m, guesses_info(m) if isinstance(m, EngineMethod) and m.ppd else {})
         for m in methods
     }
     return methods, info
+
+
+def draft_methods(
+    config: BenchConfig,
+    base: LoadedModel,
+    draft_base: LoadedModel,
+    families: Sequence[str],
+    ppd_engines: dict[str, Engine],
+) -> list[Method]:
+    """Our engine with a draft model: alone (a chain under the root), writing its draft with PPD, and
+    the hybrid: the target's tuned tree with prompt lookup and the draft's tokens (written with PPD
+    when the draft has prompt tokens of its own)."""
+
+    def draft_engine(ppd: bool) -> Engine:
+        if not ppd:
+            return Engine(draft_base)
+        tokens = default_prompt_tokens(draft_base)
+        return Engine(
+            draft_base, tokens, resolve_tree(draft_base, tokens, AUTO, allow_tune=False, progress=False)
+        )
+
+    methods: list[Method] = []
+    if "draft" in families:
+        engine = Engine(base, draft=DraftProposer(draft_engine(False)))
+        methods.append(EngineMethod("draft", engine, use_ppd=True, lookup=False))
+    if "draft-ppd" in families:
+        engine = Engine(base, draft=DraftProposer(draft_engine(True)))
+        methods.append(EngineMethod("draft-ppd", engine, use_ppd=True, lookup=False))
+    if "hybrid" in families:
+        name = "tuned" if "tuned" in ppd_engines else "default"
+        target = ppd_engines[name]
+        draft = DraftProposer(draft_engine(has_prompt_tokens(draft_base)))
+        engine = Engine(base, target.prompt_tokens, target.tree, draft=draft)
+        methods.append(EngineMethod(f"hybrid:{name}", engine, use_ppd=True))
+    return methods
+
+
+def has_prompt_tokens(base: LoadedModel) -> bool:
+    """Trained prompt tokens are prepared or shipped for ``base``."""
+    from ppdecode.prepare.registry import prepared_tokens_path
+    from ppdecode.prompt_tokens import CONFIG, packaged_tokens_path
+
+    return prepared_tokens_path(base) is not None or (packaged_tokens_path(base.name) / CONFIG).is_file()
 
 
 def method_info(method: Method, extra: dict[str, Any]) -> dict[str, Any]:
@@ -185,10 +257,19 @@ def load_prompt_tokens(spec: str | None, base: LoadedModel) -> PromptTokens:
     return PromptTokens.load(spec, base)
 
 
-def tree_info(method: EngineMethod) -> dict[str, Any]:
-    tree = method.engine.tree
-    assert tree is not None
-    return spec_info(tree)
+def guesses_info(method: EngineMethod) -> dict[str, Any]:
+    """Where an engine method's guesses come from: its tree, its draft model (and the draft's tree)."""
+    engine, info = method.engine, {}
+    if engine.tree is not None:
+        info["tree"] = spec_info(engine.tree)
+    if engine.draft is not None:
+        draft = engine.draft.engine
+        info["draft"] = {
+            "model": draft.base.name,
+            "ppd": draft.prompt_tokens is not None,
+            "tree": spec_info(draft.tree) if draft.tree is not None else None,
+        }
+    return info
 
 
 def spec_info(tree: TreeSpec) -> dict[str, Any]:
@@ -451,10 +532,9 @@ def _memory_probes(
 
 
 def ppd_overhead(method: EngineMethod, step_delta: int, weight_bytes: int) -> dict[str, Any]:
-    """PPD's memory beyond vanilla: prompt tokens + tree buffers + the step peak's excess over vanilla's."""
-    params = method.engine.prompt_tokens
-    assert params is not None
-    param_bytes = sum(p.numel() * p.element_size() for p in params.parameters())
+    """Memory beyond vanilla: prompt tokens (and a draft's own parameters and tokens) + tree buffers +
+    the step peak's excess over vanilla's (a draft's KV cache is part of that peak)."""
+    param_bytes = sum(t.numel() * t.element_size() for t in method.extra_tensors())
     buffer_bytes = method.extra_buffer_bytes()
     total = param_bytes + buffer_bytes + max(step_delta, 0)
     return {

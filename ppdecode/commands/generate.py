@@ -26,7 +26,7 @@ def generate(
         str, typer.Option(help="Embedded model name, HF model directory or .gguf file.")
     ] = DEFAULT_MODEL,
     prompt_tokens: Annotated[
-        str, typer.Option(help="Prompt-token artifact directory, or 'default'.")
+        str, typer.Option(help="Prompt-token artifact directory, 'default', or 'none' (no prompt tokens).")
     ] = "default",
     tree: Annotated[
         str,
@@ -55,6 +55,21 @@ def generate(
             "tree step (0 = no chain)."
         ),
     ] = GenerationConfig.lookup_chain,
+    draft: Annotated[
+        str | None,
+        typer.Option(
+            help="Speculative decoding with a draft model of the same tokenizer (a model name, directory "
+            "or .gguf; 'default': the default model's demonstration draft). Its tokens join the prompt "
+            "tokens' tree and prompt lookup; alone with --prompt-tokens none --no-lookup."
+        ),
+    ] = None,
+    draft_ppd: Annotated[
+        bool, typer.Option("--draft-ppd", help="The draft writes its draft with PPD (its own prompt tokens).")
+    ] = False,
+    draft_length: Annotated[
+        int,
+        typer.Option(help="Draft tokens per step at first (adapted per row as drafts are accepted)."),
+    ] = 4,
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of streaming.")
@@ -90,12 +105,15 @@ def generate(
     )
     engine = load(
         model,
-        prompt_tokens=None if no_ppd else prompt_tokens,
+        prompt_tokens=None if no_ppd or prompt_tokens == "none" else prompt_tokens,
         tree=tree,
         device=device,
         dtype=dtype,
         tune=not no_tune,
         max_batch=min(max_batch, len(texts)),
+        draft=None if no_ppd else draft,
+        draft_ppd=draft_ppd,
+        draft_length=draft_length,
     )
     if len(texts) == 1 and not as_json:
         stream = engine.stream(texts[0], config)
@@ -117,6 +135,7 @@ def generate(
                 "dtype": str(engine.base.dtype).removeprefix("torch."),
                 "ppd": not no_ppd,
                 "lookup": not no_ppd and not no_lookup,
+                "draft": None if no_ppd or engine.draft is None else engine.draft.engine.base.name,
                 **stats.to_dict(),
             }
             print(json.dumps(payload))

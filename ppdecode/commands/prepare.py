@@ -76,7 +76,7 @@ def speed_lines(summary: dict[str, Any]) -> list[str]:
     if measured is not None:
         lines.append(
             f"measured on {measured['prompts']} held-out prompts x {measured['max_new_tokens']} tokens "
-            f"(prompt tokens alone, no prompt lookup): τ {measured['tau']:.2f}, "
+            f"(with prompt lookup, as `ppd generate` decodes): τ {measured['tau']:.2f}, "
             f"{measured['tokens_per_s']:.1f} tokens/s against "
             f"{measured['vanilla_tokens_per_s']:.1f} vanilla, {measured['speedup']:.2f}x"
         )

@@ -100,6 +100,14 @@ def tune_command(
     confirm_repeats: Annotated[
         int, typer.Option(help="Runs of each --confirm generation; the fastest counts (for busy machines).")
     ] = 1,
+    lookup: Annotated[
+        bool,
+        typer.Option(
+            "--lookup/--no-lookup",
+            help="Confirm with prompt lookup joined to the prompt tokens (what `ppd generate` runs), or "
+            "with the prompt tokens alone.",
+        ),
+    ] = True,
     repeats: Annotated[int | None, typer.Option(help="Timed forwards per size (median).")] = None,
     cache_length: Annotated[int, typer.Option(help="Committed tokens under the profiled forwards.")] = 256,
     top_k: Annotated[int | None, typer.Option(help=TOP_K_HELP)] = None,
@@ -144,7 +152,7 @@ def tune_command(
     settings: dict[str, object] = {
         "budgets": tuple(parse_budgets(budgets, n)) if budgets else (),
         "confirm": confirm, "prompts": prompts, "max_new_tokens": max_new_tokens,
-        "confirm_repeats": confirm_repeats,
+        "confirm_repeats": confirm_repeats, "lookup": lookup,
         "cache_length": cache_length, "top_k": top_k, "batch_sizes": _batch_sizes(batch_sizes),
     }
     if repeats is not None:

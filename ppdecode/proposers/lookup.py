@@ -11,9 +11,10 @@ under the tree's rank-0 path, so a step can commit more tokens than there are pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
-from ppdecode.proposers.base import Proposal, Proposer, Ranked
+from ppdecode.proposers.base import LOOKUP, Proposal, Proposer, RowContext, join_continuation
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class LookupProposer:
 
     The continuation goes past the inner proposer's depth only for a match of at least
     ``chain_ngram`` tokens: shorter matches are too often chance repeats to pay for extra inputs.
+    Where lookup copies, its continuation replaces the inner proposer's own (a draft's); elsewhere
+    the inner proposal stands.
     """
 
     def __init__(self, inner: Proposer, max_ngram: int = 3, min_ngram: int = 1, chain_ngram: int = 2) -> None:
@@ -64,15 +67,31 @@ class LookupProposer:
         self.min_ngram = min_ngram
         self.chain_ngram = chain_ngram
 
-    def propose(self, ranked: Ranked | None, history: list[int], reach: int) -> Proposal:
-        candidates = self.inner.propose(ranked, history, reach).candidates  # [D][K]
+    def propose(self, rows: Sequence[RowContext]) -> list[Proposal]:
+        matches = [self._match(row) for row in rows]
+        # where lookup copies far enough to make a chain, the inner proposer need not reach (a draft
+        # model does not write a draft that the copy replaces)
+        asks = [
+            replace(row, reach=0) if match.ngram >= self.chain_ngram else row
+            for row, match in zip(rows, matches, strict=True)
+        ]
+        inner = self.inner.propose(asks)
+        return [self._join(p, match) for p, match in zip(inner, matches, strict=True)]
+
+    def _match(self, row: RowContext) -> LookupMatch:
+        depth = 0 if row.ranked is None else len(row.ranked)
+        return lookup_match(row.history, max(row.reach, depth), self.max_ngram, self.min_ngram)
+
+    def _join(self, proposal: Proposal, match: LookupMatch) -> Proposal:
+        candidates = proposal.candidates  # [D][K]
         depth = 0 if candidates is None else len(candidates)
-        match = lookup_match(history, max(reach, depth), self.max_ngram, self.min_ngram)
         copied = match.continuation if match.ngram >= self.chain_ngram else match.continuation[:depth]
-        if not copied or candidates is None:
-            return Proposal(candidates, tuple(copied))
-        rows = list(candidates)
-        for i, token in enumerate(copied[:depth]):
-            row = rows[i]
-            rows[i] = [token, *(t for t in row if t != token)][: len(row)]
-        return Proposal(rows, tuple(copied), min(depth, len(copied)))
+        if not copied:
+            return proposal
+        return join_continuation(candidates, copied, LOOKUP)
+
+    def accepted(self, request_id: str, history: list[int], accepted: int) -> None:
+        self.inner.accepted(request_id, history, accepted)
+
+    def reset(self, request_id: str) -> None:
+        self.inner.reset(request_id)

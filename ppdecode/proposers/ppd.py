@@ -6,9 +6,9 @@ proposer passes the ranked candidates on as they are.
 
 from __future__ import annotations
 
-from ppdecode.proposers.base import Proposal, Ranked
+from ppdecode.proposers.base import Proposal, Ranked, RowProposer
 
 
-class PromptTokenProposer:
-    def propose(self, ranked: Ranked | None, history: list[int], reach: int) -> Proposal:
+class PromptTokenProposer(RowProposer):
+    def propose_row(self, ranked: Ranked | None, history: list[int], reach: int) -> Proposal:
         return Proposal(ranked)

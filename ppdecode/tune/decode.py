@@ -138,10 +138,12 @@ def held_out_prompts(count: int) -> list[str]:
     return prompts[:count]
 
 
-def _one(engine: Engine, ids: list[int], max_new_tokens: int, use_ppd: bool) -> DecodeMeasurement:
-    # The prompt tokens' guesses alone: the process the expected τ models. Prompt lookup (on in
-    # `ppd generate`) is not modelled; what it adds depends on the tree (docs/benchmarks.md).
-    config = GenerationConfig(max_new_tokens=max_new_tokens, use_ppd=use_ppd, lookup=False)
+def _one(
+    engine: Engine, ids: list[int], max_new_tokens: int, use_ppd: bool, lookup: bool = False
+) -> DecodeMeasurement:
+    # lookup=False: the prompt tokens' guesses alone, the process the expected τ models; True: the
+    # mix `ppd generate` runs (prompt lookup joins them, its chains grow on long copies).
+    config = GenerationConfig(max_new_tokens=max_new_tokens, use_ppd=use_ppd, lookup=lookup)
     result = engine.generate_ids(ids, config)
     stats = result.stats
     decode_s = stats.total_s - stats.prefill_s
@@ -163,12 +165,14 @@ def measure_decoding(
     progress: bool = False,
     warmup: bool = True,
     repeats: int = 1,
+    lookup: bool = False,
 ) -> dict[str, DecodeMeasurement]:
     """Greedy-decode every prompt with every variant (a tree, or None for vanilla); totals per variant.
 
     With ``repeats`` > 1 every (variant, prompt) generation runs that many times, in separate rounds, and
     the fastest run counts: greedy decoding repeats the same tokens and steps, so the runs differ only
-    by interference from other processes, which the minimum removes best.
+    by interference from other processes, which the minimum removes best. ``lookup`` decodes with
+    prompt lookup joined to the prompt tokens (the proposer mix of ``ppd generate``).
     """
     if not variants or not prompts:
         raise ValueError("measure_decoding needs at least one variant and one prompt")
@@ -189,7 +193,7 @@ def measure_decoding(
             for i, ids in enumerate(encoded):
                 for j in range(len(names)):
                     name = names[(i + j + round_) % len(names)]
-                    run = _one(engines[name], ids, max_new_tokens, variants[name] is not None)
+                    run = _one(engines[name], ids, max_new_tokens, variants[name] is not None, lookup)
                     if (name, i) not in best or run.decode_s < best[name, i].decode_s:
                         best[name, i] = run
                     bar.update()

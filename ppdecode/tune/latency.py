@@ -31,6 +31,7 @@ from ppdecode.prompt_tokens import PromptTokens
 from ppdecode.step import RowPlan, build_inputs, run_forward
 from ppdecode.tree.buffers import build_buffers
 from ppdecode.tree.spec import TreeNode, TreeSpec
+from ppdecode.verify import greedy_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,9 @@ def measure_forward_latency(
         for round_ in range(rounds):
             for n, inputs in probes.items():
                 start = time.perf_counter()
-                run_forward(base, inputs, cache)  # written past the committed rows, never committed
+                # written past the committed rows, never committed; the output layer as verification runs it
+                hidden = run_forward(base, inputs, cache)
+                greedy_tokens(base, hidden.reshape(-1, hidden.shape[-1]))
                 if base.device.type == "cuda":
                     torch.cuda.synchronize(base.device)
                 if round_ >= warmup:

@@ -65,6 +65,9 @@ class TuneConfig:
     prompts: int = 6
     max_new_tokens: int = 128
     confirm_repeats: int = 1  # runs of each confirmation generation; the fastest counts
+    # confirm with the proposer mix `ppd generate` runs (prompt lookup joined to the prompt tokens),
+    # so the tree chosen is the fastest in that mix; False: the prompt tokens alone
+    lookup: bool = True
     top_k: int | None = None  # cap on candidate ranks for the builder
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)  # active rows to choose a tree for (1 always)
     progress: bool = True
@@ -190,7 +193,7 @@ def tune(
         variants: dict[str, TreeSpec | None] = {VANILLA: None, **{str(b): specs[b] for b in chosen_few}}
         results = measure_decoding(
             base, tokens, variants, held_out_prompts(config.prompts), config.max_new_tokens, config.progress,
-            repeats=config.confirm_repeats,
+            repeats=config.confirm_repeats, lookup=config.lookup,
         )
         vanilla = results[VANILLA]
         measured = {b: results[str(b)] for b in chosen_few}

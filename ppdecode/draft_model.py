@@ -1,0 +1,338 @@
+"""The demonstration draft model (METHOD §6): the default model's first layers, a small trained exit
+and a frequency-ranked shortlist of its vocabulary.
+
+A draft must be far cheaper than its target and share its tokenizer. This one is built from the
+target itself, sharing its weights (no copy): its first ``layers`` decoder layers, then an *exit*
+(``h + W h`` then the target's final norm, W trained) and an output layer over the ``shortlist``
+most frequent tokens only (FR-Spec): on SmolLM2-135M the full 49k-entry output layer costs a fifth
+of a forward. Its logits outside the shortlist are the dtype's lowest value, so it never proposes
+them; the target verifies with its full vocabulary, so output stays exact.
+
+What is trained (the exit, a few hundred thousand numbers) and the shortlist are stored in one
+safetensors file, shipped for the default model; ``train_exit`` makes it by self-distillation: the
+draft learns the target's next-token distribution from the target's own hidden states.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ppdecode.models import LoadedModel, fingerprint, load_model
+
+logger = logging.getLogger(__name__)
+
+PACKAGED = Path(__file__).parent / "data" / "drafts"
+
+
+@dataclass(frozen=True)
+class DraftSpec:
+    name: str  # the draft's model name (what its prompt tokens and trees are found by)
+    target: str  # the model it is cut from
+    layers: int
+    shortlist: int
+
+
+# Drafts built from an embedded model: name -> spec; the target's demonstration draft by target name.
+DRAFTS = {"smollm2-135m-draft": DraftSpec("smollm2-135m-draft", "smollm2-135m-instruct", 8, 8192)}
+DEFAULT_DRAFT = {spec.target: name for name, spec in DRAFTS.items()}
+
+
+class DraftExit(nn.Module):
+    """norm(h + W h): maps the hidden state after the draft's last layer towards the target's last."""
+
+    norm: Any  # the target's final norm (a copy): its weight trains too
+
+    def __init__(self, norm: nn.Module, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden, hidden, bias=False)
+        nn.init.zeros_(self.proj.weight)  # starts as the plain early exit
+        self.norm = norm
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(hidden + self.proj(hidden))
+
+
+class ShortlistHead(nn.Module):
+    """The output layer restricted to ``ids``: logits [..., vocab], the lowest value elsewhere."""
+
+    ids: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor, ids: torch.Tensor, vocab: int) -> None:
+        super().__init__()
+        self.register_buffer("ids", ids, persistent=False)  # [F]
+        self.weight = nn.Parameter(weight[ids].clone(), requires_grad=False)  # [F, H]
+        self.vocab = vocab
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        scores = hidden @ self.weight.T  # [..., F]
+        full = scores.new_full((*scores.shape[:-1], self.vocab), torch.finfo(scores.dtype).min)
+        return full.index_copy_(-1, self.ids, scores)
+
+
+def cut_draft(target: LoadedModel, layers: int, shortlist_ids: torch.Tensor | None, name: str) -> LoadedModel:
+    """A draft of ``target``'s first ``layers`` layers, sharing their weights, with an untrained exit."""
+    import copy
+
+    model = target.model
+    config = copy.deepcopy(model.config)
+    total = config.num_hidden_layers
+    if not 1 <= layers < total:
+        raise ValueError(f"a draft keeps 1..{total - 1} of the target's {total} layers, got {layers}")
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:layers]
+    config.tie_word_embeddings = False
+    with torch.device("meta"):
+        draft: Any = type(model)(config)
+    shared = {k: v for k, v in model.state_dict().items() if not _layer_beyond(k, layers)}
+    shared["lm_head.weight"] = model.get_output_embeddings().weight
+    draft.load_state_dict(shared, strict=False, assign=True)
+    # buffers made on the meta device (rotary frequencies) come from the target's modules
+    draft.model.rotary_emb = model.model.rotary_emb
+    hidden = config.hidden_size
+    exit_ = DraftExit(copy.deepcopy(model.model.norm), hidden).to(target.device, target.dtype)
+    draft.model.norm = exit_
+    head = model.get_output_embeddings().weight
+    if shortlist_ids is not None:
+        draft.lm_head = ShortlistHead(head, shortlist_ids.to(target.device), head.shape[0])
+    draft.config._attn_implementation = "sdpa"
+    draft.eval().requires_grad_(False)
+    draft.generation_config = model.generation_config
+    return LoadedModel(
+        name, draft, target.tokenizer, fingerprint(draft, target.tokenizer), target.eos_token_ids
+    )
+
+
+def _layer_beyond(key: str, layers: int) -> bool:
+    parts = key.split(".")
+    return "layers" in parts and int(parts[parts.index("layers") + 1]) >= layers
+
+
+def exit_of(draft: LoadedModel) -> DraftExit:
+    return draft.model.model.norm
+
+
+def save_exit(draft: LoadedModel, path: Path, record: dict[str, Any]) -> None:
+    """Write what was trained and the shortlist to ``path`` (safetensors), atomically."""
+    from safetensors.torch import save_file
+
+    head = draft.model.lm_head
+    tensors = {"proj": exit_of(draft).proj.weight.float().cpu().contiguous()}
+    tensors["norm"] = exit_of(draft).norm.weight.float().cpu().contiguous()
+    if isinstance(head, ShortlistHead):
+        tensors["shortlist"] = head.ids.cpu().to(torch.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"record": json.dumps(record)})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_draft(
+    spec: str,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    target: LoadedModel | None = None,
+) -> LoadedModel:
+    """The demonstration draft ``spec`` (a name of ``DRAFTS``), cut from its target (loaded, or given)."""
+    from safetensors import safe_open
+
+    draft_spec = DRAFTS[spec]
+    target = target or load_model(draft_spec.target, device=device, dtype=dtype)
+    path = PACKAGED / f"{spec}.safetensors"
+    if not path.is_file():
+        raise ValueError(f"the draft {spec!r} has no trained exit at {path}; make it with `ppd make-draft`")
+    with safe_open(str(path), "pt") as stored:
+        tensors = {key: stored.get_tensor(key) for key in stored.keys()}  # noqa: SIM118
+    draft = cut_draft(target, draft_spec.layers, tensors.get("shortlist"), spec)
+    exit_ = exit_of(draft)
+    exit_.proj.weight.copy_(tensors["proj"].to(exit_.proj.weight))
+    exit_.norm.weight.copy_(tensors["norm"].to(exit_.norm.weight))
+    return draft
+
+
+def resolve_draft(target: LoadedModel, spec: str) -> LoadedModel:
+    """The draft model ``spec`` names for ``target`` ("default": its demonstration draft; a name of
+    ``DRAFTS``; any model ``load_model`` takes), on the target's device and dtype; a draft with
+    another tokenizer is refused."""
+    name = DEFAULT_DRAFT.get(target.name) if spec == "default" else spec
+    if name is None:
+        raise ValueError(
+            f"no demonstration draft is made for {target.name} (only for {', '.join(DEFAULT_DRAFT)}); give "
+            "--draft MODEL, a smaller model with the same tokenizer"
+        )
+    if name in DRAFTS and DRAFTS[name].target == target.name:
+        draft = load_draft(name, target=target)
+    else:
+        draft = load_model(name, device=str(target.device), dtype=target.dtype)
+    if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+        raise ValueError(
+            f"the draft {draft.name} has another tokenizer than {target.name}: a draft must share the "
+            "target's token ids; pick a draft of the same family"
+        )
+    return draft
+
+
+def token_frequencies(target: LoadedModel, texts: list[list[int]]) -> Counter[int]:
+    counts: Counter[int] = Counter()
+    for ids in texts:
+        counts.update(ids)
+    counts.update({int(t): 1 for t in target.eos_token_ids})
+    return counts
+
+
+def train_exit(
+    target: LoadedModel,
+    draft: LoadedModel,
+    texts: list[list[int]],
+    seconds: float,
+    batch_size: int = 8,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Self-distillation of the draft's exit: KL from the target's next-token distribution to the
+    draft's, over the shortlist, on ``texts`` (token id sequences), for about ``seconds``."""
+    from tqdm import tqdm
+
+    exit_ = exit_of(draft)
+    layers = draft.model.config.num_hidden_layers
+    head = draft.model.lm_head
+    ids = head.ids if isinstance(head, ShortlistHead) else None
+    params = [exit_.proj.weight, exit_.norm.weight]
+    master = [p.detach().float().clone().requires_grad_(True) for p in params]  # float32 master copies
+    optimizer = torch.optim.AdamW(master, lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    start, step, losses, agree = time.perf_counter(), 0, [], []
+    bar = tqdm(total=int(seconds), desc="training the draft's exit", unit="s", disable=not progress)
+    while time.perf_counter() - start < seconds:
+        batch = [texts[rng.randrange(len(texts))] for _ in range(batch_size)]
+        width = max(len(t) for t in batch)
+        tokens = torch.zeros(len(batch), width, dtype=torch.long)
+        valid = torch.zeros(len(batch), width, dtype=torch.bool)
+        for i, t in enumerate(batch):
+            tokens[i, : len(t)] = torch.tensor(t)
+            valid[i, : len(t)] = True
+        with torch.no_grad():
+            out = target.model(
+                input_ids=tokens.to(target.device),
+                attention_mask=valid.long().to(target.device),
+                output_hidden_states=True,
+            )
+            hidden = out.hidden_states[layers].float()[valid]  # [n, H] after the draft's last layer
+            teacher = out.logits.float()[valid]  # [n, V]
+            if ids is not None:
+                teacher = teacher[:, ids]
+            teacher = teacher.log_softmax(-1)
+        proj, norm_weight = master
+        moved = hidden + hidden @ proj.T
+        variance = moved.pow(2).mean(-1, keepdim=True)
+        normed = moved * torch.rsqrt(variance + exit_.norm.variance_epsilon) * norm_weight
+        weight = head.weight.float() if ids is not None else draft.model.lm_head.weight.float()
+        student = (normed @ weight.T).log_softmax(-1)
+        loss = torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append(float(loss))
+        agree.append(float((student.argmax(-1) == teacher.argmax(-1)).float().mean()))
+        bar.n = min(int(time.perf_counter() - start), int(seconds))
+        bar.set_postfix(
+            step=step,
+            loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}",
+            top1=f"{sum(agree[-20:]) / len(agree[-20:]):.3f}",
+        )
+    bar.close()
+    for param, value in zip(params, master, strict=True):
+        param.copy_(value.detach().to(param.dtype))
+    window = max(1, min(20, len(losses) // 4))
+    return {
+        "steps": step,
+        "seconds": time.perf_counter() - start,
+        "loss_first": sum(losses[:window]) / window,
+        "loss_last": sum(losses[-window:]) / window,
+        "top1_agreement_last": sum(agree[-window:]) / window,
+    }
+
+
+def distillation_texts(
+    target: LoadedModel, count: int, max_tokens: int = 128, seed: int = 0
+) -> list[list[int]]:
+    """Token id sequences to distil on: Python-docs paragraphs and standard-library functions, half of
+    them as chat turns (the draft writes answers), cut to ``max_tokens``."""
+    from ppdecode.train.sources import python_docs_prompts, python_stdlib_prompts
+
+    rng = random.Random(seed)
+    prompts = python_docs_prompts(rng) + python_stdlib_prompts(rng)
+    rng.shuffle(prompts)
+    texts = []
+    for i, prompt in enumerate(prompts[:count]):
+        if i % 2 and target.is_chat:
+            messages = [
+                {"role": "user", "content": "Explain this."},
+                {"role": "assistant", "content": prompt.text},
+            ]
+            text = target.tokenizer.apply_chat_template(messages, tokenize=False)
+            ids = target.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = target.tokenizer(prompt.text)["input_ids"]
+        if len(ids) >= 8:
+            texts.append(list(ids[:max_tokens]))
+    return texts
+
+
+def shortlist(counts: Counter[int], size: int, vocab: int) -> torch.Tensor:
+    """The ``size`` most frequent token ids, topped up with the lowest ids (BPE's earliest merges)."""
+    ids = [token for token, _ in counts.most_common(size)]
+    seen = set(ids)
+    ids += [t for t in range(vocab) if t not in seen][: size - len(ids)]
+    return torch.tensor(sorted(ids[:size]), dtype=torch.long)
+
+
+def make_draft(name: str, seconds: float, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Cut the draft ``name`` from its target, train its exit for about ``seconds`` and store it."""
+    spec = DRAFTS[name]
+    target = load_model(spec.target, device="cpu", dtype="bfloat16")
+    texts = distillation_texts(target, 1200)
+    vocab = target.model.get_output_embeddings().weight.shape[0]
+    ids = shortlist(token_frequencies(target, texts), spec.shortlist, vocab)
+    draft = cut_draft(target, spec.layers, ids, name)
+    held, train_texts = texts[:64], texts[64:]
+    record = train_exit(target, draft, train_texts, seconds, progress=progress)
+    record.update(layers=spec.layers, shortlist=spec.shortlist, texts=len(train_texts), target=spec.target)
+    record["heldout_top1_agreement"] = agreement(target, draft, held)
+    path = out or PACKAGED / f"{name}.safetensors"
+    save_exit(draft, path, record)
+    record["path"] = str(path)
+    return record
+
+
+@torch.inference_mode()
+def agreement(target: LoadedModel, draft: LoadedModel, texts: list[list[int]]) -> float:
+    """Share of positions where the draft's argmax equals the target's (teacher forcing)."""
+    same = total = 0
+    for ids in texts:
+        tokens = torch.tensor([ids], device=target.device)
+        expected = target.model(input_ids=tokens).logits.argmax(-1)
+        got = draft.model(input_ids=tokens).logits.argmax(-1)
+        same += int((expected == got).sum())
+        total += len(ids)
+    return same / max(total, 1)

@@ -1,0 +1,107 @@
+"""A draft model's proposer (METHOD §6): a cheaper model with the target's tokenizer writes ahead.
+
+The draft decodes in an ``Engine`` of its own, batched across the target's rows: one draft request
+per target request. Before each target step the draft request is rewound to the target's history
+(its cache keeps the prefix they share: the accepted draft tokens), then the draft engine steps
+until every row has its draft length ahead. With prompt tokens and a tree of its own (``--draft-ppd``)
+that engine writes several tokens per draft forward: PPD inside speculative decoding.
+
+The draft decodes greedily, so its tokens are deterministic candidates: the target verifies them
+with its own rules (greedy, or the lossless rule of METHOD §3), and output stays exact either way.
+The draft's tokens take rank 0 of the inner proposer's candidates (the target's prompt tokens) and
+go on past them as a chain. Draft length: fixed, or adaptive per row (longer after a fully accepted
+draft, shorter after a rejection, as ``transformers`` assisted generation does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ppdecode.config import GenerationConfig
+from ppdecode.proposers.base import DRAFT, Proposal, Proposer, RowContext, join_continuation
+from ppdecode.proposers.ppd import PromptTokenProposer
+
+if TYPE_CHECKING:
+    from ppdecode.engine import Engine
+
+
+@dataclass
+class DraftRow:
+    draft_id: str  # the request in the draft engine
+    length: int  # tokens to draft ahead at the next step
+    done: bool = False  # the draft request ended (its context is full): no more drafts for the row
+
+
+class DraftProposer:
+    """Guesses from a draft model decoding in ``engine``, joined to ``inner``'s candidates."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        inner: Proposer | None = None,
+        length: int = 4,
+        adaptive: bool = True,
+        max_draft: int = 12,
+    ) -> None:
+        if not 1 <= length <= max_draft:
+            raise ValueError(f"need 1 <= draft length <= max_draft, got {length} and {max_draft}")
+        self.engine = engine
+        self.inner = inner or PromptTokenProposer()
+        self.length = length
+        self.adaptive = adaptive
+        self.max_draft = max_draft
+        self._rows: dict[str, DraftRow] = {}  # target request id -> its draft
+        self._config = GenerationConfig(
+            max_new_tokens=engine.max_length, lookup=False, ignore_eos=True, chat=False
+        )
+        self.draft_steps = 0  # steps of the draft engine (its forwards)
+
+    def propose(self, rows: Sequence[RowContext]) -> list[Proposal]:
+        inner = self.inner.propose(rows)
+        wanted: list[tuple[int, DraftRow, int]] = []  # (row, its draft, tokens wanted past the history)
+        for i, row in enumerate(rows):
+            draft = self._sync(row) if row.reach > 0 else None
+            if draft is not None:
+                wanted.append((i, draft, min(draft.length, row.reach)))
+        by_id = {draft.draft_id: draft for _, draft, _ in wanted}
+        while any(not d.done and self._ahead(d, rows[i]) < want for i, d, want in wanted):
+            for out in self.engine.step():
+                if out.finished and out.request_id in by_id:
+                    by_id[out.request_id].done = True
+            self.draft_steps += 1
+        proposals = list(inner)
+        for i, draft, _ in wanted:
+            if not draft.done:
+                row = rows[i]
+                tokens = self.engine.sequence(draft.draft_id)[len(row.history) : len(row.history) + row.reach]
+                proposals[i] = join_continuation(inner[i].candidates, tokens, DRAFT)
+        return proposals
+
+    def _sync(self, row: RowContext) -> DraftRow | None:
+        """The row's draft request, rewound to the row's history (made on first sight)."""
+        draft = self._rows.get(row.request_id)
+        if draft is None:
+            draft_id = self.engine.add_request(list(row.history), self._config)
+            draft = self._rows[row.request_id] = DraftRow(draft_id, self.length)
+        elif not draft.done and self.engine.sequence(draft.draft_id) != row.history:
+            self.engine.rewind(draft.draft_id, row.history)
+        return None if draft.done else draft
+
+    def _ahead(self, draft: DraftRow, row: RowContext) -> int:
+        """Draft tokens written past the row's history (0 while the draft request is in its prefill)."""
+        return max(0, len(self.engine.sequence(draft.draft_id)) - len(row.history))
+
+    def accepted(self, request_id: str, history: list[int], accepted: int) -> None:
+        draft = self._rows.get(request_id)
+        if draft is not None and self.adaptive:
+            grown = draft.length + 2 if accepted >= draft.length else draft.length - 1
+            draft.length = max(1, min(self.max_draft, grown))
+        self.inner.accepted(request_id, history, accepted)
+
+    def reset(self, request_id: str) -> None:
+        draft = self._rows.pop(request_id, None)
+        if draft is not None and not draft.done:
+            self.engine.cancel(draft.draft_id)
+        self.inner.reset(request_id)

