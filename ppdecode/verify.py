@@ -198,25 +198,30 @@ def batch_verdicts(
 ) -> list[RowVerdict]:
     """Verify every row of a step; greedy rows need one host transfer for the whole batch.
 
-    The argmax of every column and the top-k of every prompt-slot group (the mean over ensemble
-    members) come back together, so the next step's candidates are known whichever node wins.
-    Logits are made from the hidden states where they are needed, a slice of rows at a time; a
-    sampled row gets the full logits of its token inputs.
+    The argmax after every token input and the top-k of every prompt-slot group (the mean over
+    ensemble members) come back together, so the next step's candidates are known whichever node
+    wins. Logits are made from the hidden states where they are needed, once per input and a slice
+    of rows at a time; a sampled row gets the full logits of its token inputs.
     """
     b, c, width = hidden.shape
     flat = hidden.reshape(b * c, width)
+    token_index: list[int] = []  # flat rows of every row's token inputs, row by row
     group_index: list[list[int]] = []  # [G][V] flat rows of each slot group, row by row
+    first_token: list[int] = []  # per row: its first token input in token_index
     first_group: list[int] = []  # per row: its first group
     for row, plan in enumerate(plans):
-        first_group.append(len(group_index))
         offset = row * c + len(plan.prefix) - logits_from
+        first_token.append(len(token_index))
+        token_index.extend(range(offset, offset + len(plan.tokens)))
+        first_group.append(len(group_index))
         group_index.extend([offset + i for i in group] for group in plan.buffers.slot_groups)
-    pieces = [greedy_tokens(base, flat)]  # [B * C]
+    rows = torch.tensor(token_index, device=hidden.device)
+    pieces = [greedy_tokens(base, flat[rows])]  # [T]
     if group_index:
         index = torch.tensor(group_index, device=hidden.device)  # [G, V]
         pieces.append(group_top_k(base, flat[index], top_k).flatten())  # [G * k]
     host = torch.cat(pieces).tolist()  # the step's one transfer for greedy rows
-    predicted_all, topk_all = host[: b * c], host[b * c :]
+    predicted_all, topk_all = host[: len(token_index)], host[len(token_index) :]
     out: list[RowVerdict] = []
     for row, plan in enumerate(plans):
         buffers = plan.buffers
@@ -224,7 +229,7 @@ def batch_verdicts(
         tokens = list(plan.tokens)
         mode = configs[row].accept_mode
         if mode is AcceptMode.GREEDY:
-            start = row * c + column
+            start = first_token[row]
             verdict = verify_greedy(predicted_all[start : start + len(tokens)], tokens, buffers)
         else:
             config = configs[row]
@@ -232,24 +237,12 @@ def batch_verdicts(
             token_tensor = torch.tensor(tokens, device=hidden.device)
             if mode is AcceptMode.TYPICAL:
                 verdict = verify_typical(
-                    row_logits,
-                    token_tensor,
-                    buffers,
-                    config.temperature,
-                    config.top_k,
-                    config.top_p,
-                    config.posterior_threshold,
-                    config.posterior_alpha,
-                    generators[row],
+                    row_logits, token_tensor, buffers, config.temperature, config.top_k, config.top_p,
+                    config.posterior_threshold, config.posterior_alpha, generators[row],
                 )
             else:
                 verdict = verify_lossless(
-                    row_logits,
-                    token_tensor,
-                    buffers,
-                    config.temperature,
-                    config.top_k,
-                    config.top_p,
+                    row_logits, token_tensor, buffers, config.temperature, config.top_k, config.top_p,
                     generators[row],
                 )
         slots = buffers.node_slots[verdict.last]
