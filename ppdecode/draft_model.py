@@ -82,7 +82,10 @@ class ShortlistHead(nn.Module):
 
 
 def cut_draft(target: LoadedModel, layers: int, shortlist_ids: torch.Tensor | None, name: str) -> LoadedModel:
-    """A draft of ``target``'s first ``layers`` layers, sharing their weights, with an untrained exit."""
+    """A draft of ``target``'s first ``layers`` layers, sharing their weights, with an untrained exit.
+
+    For the Llama layout of the embedded default model (``model.layers``, ``model.norm``,
+    ``model.rotary_emb``, ``lm_head``)."""
     import copy
 
     model = target.model
@@ -210,15 +213,17 @@ def train_exit(
 ) -> dict[str, Any]:
     """Self-distillation of the draft's exit: KL from the target's next-token distribution to the
     draft's, over the shortlist, on ``texts`` (token id sequences), for about ``seconds``."""
+    import copy
+
     from tqdm import tqdm
 
     exit_ = exit_of(draft)
     layers = draft.model.config.num_hidden_layers
     head = draft.model.lm_head
     ids = head.ids if isinstance(head, ShortlistHead) else None
-    params = [exit_.proj.weight, exit_.norm.weight]
-    master = [p.detach().float().clone().requires_grad_(True) for p in params]  # float32 master copies
-    optimizer = torch.optim.AdamW(master, lr=lr, weight_decay=0.0)
+    master = copy.deepcopy(exit_).float().requires_grad_(True)  # trained in float32, copied back at the end
+    weight = head.weight.detach().float()  # [F or vocab, H]
+    optimizer = torch.optim.AdamW(master.parameters(), lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
     start, step, losses, agree = time.perf_counter(), 0, [], []
     bar = tqdm(total=int(seconds), desc="training the draft's exit", unit="s", disable=not progress)
@@ -241,18 +246,13 @@ def train_exit(
             if ids is not None:
                 teacher = teacher[:, ids]
             teacher = teacher.log_softmax(-1)
-        proj, norm_weight = master
-        moved = hidden + hidden @ proj.T
-        variance = moved.pow(2).mean(-1, keepdim=True)
-        normed = moved * torch.rsqrt(variance + exit_.norm.variance_epsilon) * norm_weight
-        weight = head.weight.float() if ids is not None else draft.model.lm_head.weight.float()
-        student = (normed @ weight.T).log_softmax(-1)
+        student = (master(hidden) @ weight.T).log_softmax(-1)
         loss = torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         agree.append(float((student.argmax(-1) == teacher.argmax(-1)).float().mean()))
         bar.n = min(int(time.perf_counter() - start), int(seconds))
         bar.set_postfix(
@@ -261,8 +261,7 @@ def train_exit(
             top1=f"{sum(agree[-20:]) / len(agree[-20:]):.3f}",
         )
     bar.close()
-    for param, value in zip(params, master, strict=True):
-        param.copy_(value.detach().to(param.dtype))
+    exit_.load_state_dict({k: v.detach().to(exit_.proj.weight.dtype) for k, v in master.state_dict().items()})
     window = max(1, min(20, len(losses) // 4))
     return {
         "steps": step,

@@ -521,9 +521,9 @@ class Engine:
         a decoding row feeds what a rewind left pending in front of its root.
         """
         proposals: list[Proposal | None] = [None] * len(requests)
+        wheres = [reach(request, trees) for request in requests]
         asks: dict[int, tuple[Proposer, list[int], list[RowContext]]] = {}
-        for i, request in enumerate(requests):
-            where = reach(request, trees)
+        for i, (request, where) in enumerate(zip(requests, wheres, strict=True)):
             if where is not None:
                 proposer = self._proposer(request.config)
                 _, rows, contexts = asks.setdefault(id(proposer), (proposer, [], []))
@@ -533,9 +533,9 @@ class Engine:
             for i, made in zip(rows, proposer.propose(contexts), strict=True):
                 proposals[i] = made
         plans = []
-        for request, proposal in zip(requests, proposals, strict=True):
+        for request, where, proposal in zip(requests, wheres, proposals, strict=True):
             prefilling = bool(prefix) or not request.decoding
             start = request.prefilled if prefilling else self.cache.lengths[self._row_of(request)]
             front = prefix if prefilling else request.pending
-            plans.append(plan_row(request, trees, proposal, start, self.max_length, front))
+            plans.append(plan_row(request, trees, where, proposal, start, self.max_length, front))
         return plans

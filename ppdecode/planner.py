@@ -52,6 +52,7 @@ def next_chain_room(request: Request, plan: RowPlan, accepted: int) -> int:
 def plan_row(
     request: Request,
     trees: TreeSteps | None,
+    where: tuple[int, int] | None,
     proposal: Proposal | None,
     start: int,
     max_length: int,
@@ -59,9 +60,8 @@ def plan_row(
 ) -> RowPlan:
     """The row's step at cache position ``start`` (``prefix``: context in front of the root).
 
-    ``proposal`` is None for a vanilla step (``reach`` said so, or nothing was proposed).
+    ``where`` is what ``reach`` said for the row (None: a vanilla step), ``proposal`` its guesses.
     """
-    where = reach(request, trees)
     if trees is None or where is None or proposal is None:
         return RowPlan(start, (request.root,), VANILLA, prefix)
     depth, room = where

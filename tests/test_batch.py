@@ -14,6 +14,8 @@ from ppdecode.config import GenerationConfig
 from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
+from ppdecode.step import RowPlan, build_inputs, run_forward
+from ppdecode.tree.buffers import build_buffers
 from ppdecode.tree.spec import load_tree
 
 from .helpers import PROMPTS
@@ -194,11 +196,24 @@ def test_two_engines_on_one_model_do_not_interfere(smollm_f32: LoadedModel, sing
         # the plain engine's guesses are exactly what they were before: nothing of the deep tokens leaks
         assert b.stats.accept_lengths == alone.stats.accept_lengths
         assert b.stats.accepted_per_position == alone.stats.accepted_per_position
-    # and the deep vectors do act on the deep engine's own guesses
-    assert (
-        a.stats.accepted_per_position != b.stats.accepted_per_position
-        or a.stats.accept_lengths != b.stats.accept_lengths
-    )
+    assert a.stats.accept_lengths != b.stats.accept_lengths  # each engine decodes with its own guesses
+    # and the deep vectors do reach the layers through the step's forward: without them the prompt
+    # slots' hidden states differ
+    without = PromptTokens(deep.config)
+    without.load_state_dict(deep.state_dict())
+    with torch.no_grad():
+        without.layer_deltas.zero_()
+    ids = plain_engine.encode(PROMPTS[0])
+    buffers = build_buffers(tree, 0, deep.ensemble)
+    plan = RowPlan(0, (ids[-1],), buffers, tuple(ids[:-1]))
+    slots = list(buffers.slot_groups[0])
+    hidden = []
+    with torch.inference_mode():
+        for tokens in (deep, without):
+            inputs = build_inputs(smollm_f32, tokens, [plan])
+            cache = KVCache(smollm_f32.model, 1, len(ids) + 16)
+            hidden.append(run_forward(smollm_f32, inputs, cache)[0, slots])
+    assert not torch.allclose(hidden[0], hidden[1])
 
 
 def test_overrides_behave_as_documented(engines) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from ppdecode.bench.methods import HFMethod, HFMode
 from ppdecode.bench.metrics import OVERALL
 from ppdecode.bench.report import pooled_summary, tables
-from ppdecode.bench.runner import BenchConfig, run_bench
+from ppdecode.bench.runner import BenchConfig, BenchResult, run_bench
 from ppdecode.cli import app
 from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel
@@ -38,6 +39,16 @@ def no_tuned_tree(patch: pytest.MonkeyPatch, root: Path) -> None:
     """Neither this machine's stored profiles nor the shipped tuned tree: ppd:tuned stays out."""
     patch.setenv("PPDECODE_CACHE", str(root / "cache"))
     patch.setattr(resolve_module, "shipped_tree_path", lambda model, kind: root / "no-shipped-tree.json")
+
+
+def one_question_run(base: LoadedModel, root: Path, **settings: Any) -> BenchResult:
+    """A benchmark of the one math question against our vanilla, untimed warm-up and probes off
+    unless ``settings`` say otherwise."""
+    questions = root / "q.jsonl"
+    questions.write_text(json.dumps(QUESTIONS[1]) + "\n")
+    options: dict[str, Any] = dict(baseline="vanilla", warmup=0, memory_probes=0, threads=1)
+    config = BenchConfig(prompts=str(questions), output_dir=root / "out", **{**options, **settings})
+    return run_bench(config, base=base)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +107,7 @@ def test_summary_and_plots(bench_run: tuple[Path, Path]) -> None:
     assert env["dtype"] == "float32"
     assert summary["methods"]["ppd:default"]["extra_parameters"] > 0
     ppd_memory = summary["memory"]["methods"]["ppd:default"]
-    assert ppd_memory["overhead_bytes"] >= ppd_memory["prompt_token_bytes"] > 0
+    assert ppd_memory["overhead_bytes"] >= ppd_memory["extra_parameter_bytes"] > 0
     assert ppd_memory["overhead_percent_of_weights"] < 5
     for name in ("speedup_per_category.png", "tau_histogram.png", "tokens_per_s.png"):
         assert (out / name).stat().st_size > 1000
@@ -148,25 +159,14 @@ def test_draft_and_lookup_methods_run_and_equal_vanilla(
     """Our prompt lookup alone, the demonstration draft alone, writing with PPD, and the hybrid: each
     decodes vanilla's tokens and gets a memory entry (draft parameters counted, shared ones not)."""
     no_tuned_tree(monkeypatch, tmp_path)
-    questions = tmp_path / "q.jsonl"
-    questions.write_text(json.dumps(QUESTIONS[1]) + "\n")
-    config = BenchConfig(
-        prompts=str(questions),
-        max_new_tokens=12,
-        methods=("vanilla", "lookup", "draft", "draft-ppd", "hybrid"),
-        baseline="vanilla",
-        warmup=0,
-        memory_probes=1,
-        threads=1,
-        output_dir=tmp_path / "out",
-    )
-    result = run_bench(config, base=smollm_f32)
+    methods = ("vanilla", "lookup", "draft", "draft-ppd", "hybrid")
+    result = one_question_run(smollm_f32, tmp_path, max_new_tokens=12, methods=methods, memory_probes=1)
     by_method = {r.method: r for r in result.records}
     assert set(by_method) == {"vanilla", "lookup", "draft", "draft-ppd", "hybrid:default"}
     assert all(r.equal for name, r in by_method.items() if name != "vanilla"), result.records
     memory = result.summary["memory"]["methods"]
-    draft_params = memory["draft"]["prompt_token_bytes"]  # the draft's own exit and shortlisted head
-    assert 0 < draft_params < memory["draft-ppd"]["prompt_token_bytes"]  # + the draft's prompt tokens
+    draft_params = memory["draft"]["extra_parameter_bytes"]  # the draft's own exit and shortlisted head
+    assert 0 < draft_params < memory["draft-ppd"]["extra_parameter_bytes"]  # + the draft's prompt tokens
     assert draft_params < 0.2 * result.summary["memory"]["model_weight_bytes"]  # its layers are shared
 
 
@@ -183,21 +183,10 @@ def test_named_trees_and_sampling_variants(
     smollm_f32: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     no_tuned_tree(monkeypatch, tmp_path)
-    questions = tmp_path / "q.jsonl"
-    questions.write_text(json.dumps(QUESTIONS[1]) + "\n")
-    config = BenchConfig(
-        prompts=str(questions),
-        max_new_tokens=4,
-        methods=("vanilla", "ppd", "ppd-plain"),
-        baseline="vanilla",
-        trees=(("again", "default"),),
-        temperature=0.7,
-        warmup=0,
-        memory_probes=0,
-        threads=1,
-        output_dir=tmp_path / "out",
+    result = one_question_run(
+        smollm_f32, tmp_path, max_new_tokens=4, methods=("vanilla", "ppd", "ppd-plain"),
+        trees=(("again", "default"),), temperature=0.7,
     )
-    result = run_bench(config, base=smollm_f32)
     by = {r.method: r for r in result.records}
     assert list(by) == [
         "vanilla",
@@ -234,19 +223,7 @@ def test_the_tree_tuned_for_this_device_joins_as_ppd_tuned(
             accuracy_source="test",
         )
     )
-    questions = tmp_path / "q.jsonl"
-    questions.write_text(json.dumps(QUESTIONS[1]) + "\n")
-    config = BenchConfig(
-        prompts=str(questions),
-        max_new_tokens=6,
-        methods=("vanilla", "ppd"),
-        baseline="vanilla",
-        warmup=0,
-        memory_probes=0,
-        threads=1,
-        output_dir=tmp_path / "out",
-    )
-    result = run_bench(config, base=smollm_f32)
+    result = one_question_run(smollm_f32, tmp_path, max_new_tokens=6, methods=("vanilla", "ppd"))
     by = {r.method: r for r in result.records}
     assert list(by) == ["vanilla", "ppd:default", "ppd:tuned"]
     assert by["ppd:tuned"].equal is True

