@@ -77,6 +77,7 @@ def load(
     draft: str | None = None,
     draft_ppd: bool = False,
     draft_length: int = 4,
+    pack: bool = True,
     **engine_options: Any,
 ) -> Engine:
     """An engine for ``model`` with its prompt tokens (None: vanilla decoding).
@@ -93,23 +94,38 @@ def load(
     and prompt lookup (alone with ``prompt_tokens=None`` and ``lookup=False`` in the config);
     ``draft_ppd`` lets the draft write with its own prompt tokens; ``draft_length`` is where its
     adaptive draft length starts.
+
+    ``pack``: on a CPU, the linear layers are prepacked for its matrix kernels (``ppdecode.kernels``;
+    faster, same memory, no backward): the model is for decoding only.
     """
+    from ppdecode.kernels import pack_linears
     from ppdecode.models import load_model
 
     base = load_model(model, device=device, dtype=dtype)
+    if pack:
+        pack_linears(base)
     if draft is not None:
-        engine_options["draft"] = _draft(base, draft, draft_ppd, draft_length, tune, engine_options)
+        engine_options["draft"] = _draft(base, draft, draft_ppd, draft_length, tune, pack, engine_options)
     return _engine(base, prompt_tokens, tree, tune, engine_options)
 
 
 def _draft(
-    base: LoadedModel, draft: str, ppd: bool, length: int, tune: bool, engine_options: dict[str, Any]
+    base: LoadedModel,
+    draft: str,
+    ppd: bool,
+    length: int,
+    tune: bool,
+    pack: bool,
+    engine_options: dict[str, Any],
 ) -> Any:
     """The draft proposer: the draft model in an engine of its own (with its prompt tokens if ``ppd``)."""
     from ppdecode.draft_model import resolve_draft
+    from ppdecode.kernels import pack_linears
     from ppdecode.proposers.draft import DraftProposer
 
     draft_base = resolve_draft(base, draft)
+    if pack:
+        pack_linears(draft_base)
     options = {k: v for k, v in engine_options.items() if k in ("max_batch", "max_length")}
     engine = _engine(draft_base, "default" if ppd else None, "auto", tune, options)
     return DraftProposer(engine, length=length)
@@ -122,6 +138,7 @@ def wrap(
     tree: str | Path | TreeSpec = "auto",
     name: str | None = None,
     tune: bool = True,
+    pack: bool = False,
     **engine_options: Any,
 ) -> Engine:
     """An engine for a transformers causal LM you already hold (loaded with ``attn_implementation="sdpa"``).
@@ -130,10 +147,16 @@ def wrap(
     dtype are kept. ``name`` (default: the last part of its ``name_or_path``) finds the prompt tokens
     ``ppd prepare`` registered for it, or the shipped ones; ``prompt_tokens``, ``tree``, ``tune`` and
     ``engine_options`` are as for ``load``, and ``prompt_tokens`` may also be a ``PromptTokens`` object.
+    ``pack=True`` prepacks the model's linear layers in place as ``load`` does (faster on a CPU; the
+    model can no longer be trained), off by default because the model is yours.
     """
+    from ppdecode.kernels import pack_linears
     from ppdecode.models import LoadedModel
 
-    return _engine(LoadedModel.wrap(model, tokenizer, name), prompt_tokens, tree, tune, engine_options)
+    base = LoadedModel.wrap(model, tokenizer, name)
+    if pack:
+        pack_linears(base)
+    return _engine(base, prompt_tokens, tree, tune, engine_options)
 
 
 def _engine(

@@ -99,9 +99,11 @@ def cut_draft(target: LoadedModel, layers: int, shortlist_ids: torch.Tensor | No
     config.tie_word_embeddings = False
     with torch.device("meta"):
         draft: Any = type(model)(config)
-    shared = {k: v for k, v in model.state_dict().items() if not _layer_beyond(k, layers)}
+    shared = {k: v for k, v in model.state_dict().items() if ".layers." not in f".{k}"}
     shared["lm_head.weight"] = model.get_output_embeddings().weight
     draft.load_state_dict(shared, strict=False, assign=True)
+    # the layers are the target's own modules: what is done to them (packing) is done once, for both
+    draft.model.layers = nn.ModuleList(model.model.layers[:layers])
     # buffers made on the meta device (rotary frequencies) come from the target's modules
     draft.model.rotary_emb = model.model.rotary_emb
     hidden = config.hidden_size
@@ -116,11 +118,6 @@ def cut_draft(target: LoadedModel, layers: int, shortlist_ids: torch.Tensor | No
     return LoadedModel(
         name, draft, target.tokenizer, fingerprint(draft, target.tokenizer), target.eos_token_ids
     )
-
-
-def _layer_beyond(key: str, layers: int) -> bool:
-    parts = key.split(".")
-    return "layers" in parts and int(parts[parts.index("layers") + 1]) >= layers
 
 
 def exit_of(draft: LoadedModel) -> DraftExit:

@@ -172,19 +172,51 @@ HEAD_SLICE = 16  # rows of logits [HEAD_SLICE, vocab] that exist at once while a
 
 def greedy_tokens(base: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     """[n, H] final hidden states -> [n] argmax tokens, the output layer run on slices of rows."""
-    # max(...).indices, not argmax: on a CPU, argmax over bf16 rows is several times slower (and a
-    # float32 copy of all logits would double the step's largest tensor)
-    pieces = [head_logits(base, rows).max(dim=-1).indices for rows in hidden.split(HEAD_SLICE)]
-    return torch.cat(pieces)
+    return head_outputs(base, hidden, torch.empty(0, 1, hidden.shape[-1], dtype=hidden.dtype), 1)[0]
 
 
-def group_top_k(base: LoadedModel, hidden: torch.Tensor, k: int) -> torch.Tensor:
-    """[G, V, H] hidden states of the slot groups' members -> [G, k] top-k of their mean logits."""
-    pieces = []
-    for groups in hidden.split(HEAD_SLICE):
-        logits = head_logits(base, groups).float()  # [g, V, vocab]
-        pieces.append(logits.mean(dim=1).topk(min(k, logits.shape[-1]), dim=-1).indices)
-    return torch.cat(pieces)
+def head_outputs(
+    base: LoadedModel, tokens: torch.Tensor, groups: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output layer where verification needs it, in one pass over the weights.
+
+    tokens: [T, H] hidden states of token inputs -> [T] argmax after each;
+    groups: [G, V, H] hidden states of the slot groups' members -> [G, k] top-k of their mean logits.
+    Both kinds go through the output layer together, ``HEAD_SLICE`` rows at a time (a group never split):
+    on a CPU the layer's cost is reading its weight, once per call whatever the rows.
+    """
+    g, v, width = groups.shape
+    rows = torch.cat([tokens, groups.reshape(g * v, width)])  # [T + G * V, H]
+    num_tokens = tokens.shape[0]
+    argmax: list[torch.Tensor] = []
+    top: list[torch.Tensor] = []
+    for start, end in _head_slices(num_tokens, g, v):
+        logits = head_logits(base, rows[start:end])  # [end - start, vocab]
+        split = max(0, min(end, num_tokens) - start)  # the slice's token rows come first
+        # max(...).indices, not argmax: on a CPU, argmax over bf16 rows is several times slower
+        argmax.append(logits[:split].max(dim=-1).indices)
+        if end > num_tokens:
+            members = logits[split:].float().reshape(-1, v, logits.shape[-1])  # [groups, V, vocab]
+            top.append(members.mean(dim=1).topk(min(k, logits.shape[-1]), dim=-1).indices)
+    if not top:
+        top.append(torch.empty(0, k, dtype=torch.long, device=rows.device))
+    return torch.cat(argmax), torch.cat(top)
+
+
+def _head_slices(num_tokens: int, num_groups: int, members: int) -> list[tuple[int, int]]:
+    """Row ranges of at most ``HEAD_SLICE`` rows (one group at least) over T token rows, then G groups."""
+    units = [1] * num_tokens + [members] * num_groups  # rows of each token input, then of each group
+    slices: list[tuple[int, int]] = []
+    start = i = 0
+    while i < len(units):
+        end = start + units[i]
+        i += 1
+        while i < len(units) and end + units[i] - start <= HEAD_SLICE:
+            end += units[i]
+            i += 1
+        slices.append((start, end))
+        start = end
+    return slices
 
 
 def batch_verdicts(
@@ -216,11 +248,10 @@ def batch_verdicts(
         first_group.append(len(group_index))
         group_index.extend([offset + i for i in group] for group in plan.buffers.slot_groups)
     rows = torch.tensor(token_index, device=hidden.device)
-    pieces = [greedy_tokens(base, flat[rows])]  # [T]
-    if group_index:
-        index = torch.tensor(group_index, device=hidden.device)  # [G, V]
-        pieces.append(group_top_k(base, flat[index], top_k).flatten())  # [G * k]
-    host = torch.cat(pieces).tolist()  # the step's one transfer for greedy rows
+    members = len(group_index[0]) if group_index else 1
+    index = torch.tensor(group_index, dtype=torch.long, device=hidden.device).reshape(-1, members)  # [G, V]
+    predicted, top = head_outputs(base, flat[rows], flat[index], top_k)  # [T], [G, k]
+    host = torch.cat([predicted, top.flatten()]).tolist()  # the step's one transfer for greedy rows
     predicted_all, topk_all = host[: len(token_index)], host[len(token_index) :]
     out: list[RowVerdict] = []
     for row, plan in enumerate(plans):

@@ -18,6 +18,7 @@ from ppdecode.bench.report import pooled_summary, tables
 from ppdecode.bench.runner import BenchConfig, BenchResult, run_bench
 from ppdecode.cli import app
 from ppdecode.engine import Engine
+from ppdecode.kernels import packed_copy
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import default_prompt_tokens
 from ppdecode.tree.builder import Accuracy, build_tree
@@ -212,7 +213,7 @@ def test_the_tree_tuned_for_this_device_joins_as_ppd_tuned(
     tree = build_tree(Accuracy.load(packaged_accuracy_path(smollm_f32.name)), 7)
     save_profile(
         HardwareProfile(
-            key=current_key(smollm_f32, tokens),
+            key=current_key(packed_copy(smollm_f32), tokens),  # the kernels our engine runs in a bench
             latency=LatencyProfile((1, 8), (10.0, 12.0), 256, 1),
             rows=(),
             vanilla=None,

@@ -52,6 +52,7 @@ from ppdecode.bench.runner import (
     write_run,
 )
 from ppdecode.engine import Engine
+from ppdecode.kernels import packed_copy
 from ppdecode.models import DEFAULT_MODEL, LoadedModel, load_model
 from ppdecode.tune.resolve import AUTO, resolve_trees
 
@@ -81,6 +82,7 @@ class BatchBenchConfig:
     device: str | None = None
     dtype: str | None = None
     threads: int | None = None
+    pack: bool = True  # our engines decode with packed linear layers (ppdecode.kernels), as ppd generate
     output_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -120,12 +122,14 @@ class BatchBenchResult:
 def build_batch_methods(
     config: BatchBenchConfig, base: LoadedModel, max_length: int | None = None
 ) -> tuple[list[BatchMethod], dict[str, Any]]:
-    """The methods to compare, sharing ``base``, in ``BATCH_FAMILIES`` order; also what each adds.
+    """The methods to compare, in ``BATCH_FAMILIES`` order; also what each adds. ``transformers`` runs
+    ``base`` as loaded, our engines a copy with packed linear layers (``config.pack``).
 
     Our engines hold ``max(batch_sizes)`` rows of ``max_length`` tokens (None: the model's context).
     """
     max_batch = max(config.batch_sizes)
     methods: list[BatchMethod] = []
+    hf_base, base = base, packed_copy(base) if config.pack else base
     for family in BATCH_FAMILIES:
         if family not in config.families:
             continue
@@ -139,7 +143,7 @@ def build_batch_methods(
             engine = Engine(base, tokens, trees, max_batch=max_batch, max_length=max_length)
             methods.append(EngineMethod("ppd", engine, use_ppd=True))
         else:
-            methods.append(HFMethod("hf-greedy", base, HFMode.GREEDY))
+            methods.append(HFMethod("hf-greedy", hf_base, HFMode.GREEDY))
     info = {
         m.name: method_info(
             m, {"trees_by_batch_size": _trees(m.engine)} if isinstance(m, EngineMethod) and m.ppd else {}

@@ -93,6 +93,11 @@ class PeakRSS:
         self.peak = hwm if hwm is not None else _ru_maxrss()
 
 
+def _counted(tensor: torch.Tensor) -> bool:
+    """A tensor with a storage to account (oneDNN's packed weights are opaque, and made at load)."""
+    return tensor.layout != torch._mkldnn  # type: ignore[attr-defined]
+
+
 class _StorageAccount(TorchDispatchMode):
     """Counts bytes of new storages created by ops, released when their last tensor wrapper dies."""
 
@@ -108,7 +113,7 @@ class _StorageAccount(TorchDispatchMode):
         inputs = {
             t.untyped_storage().data_ptr()
             for t in pytree.tree_leaves((args, kwargs))
-            if isinstance(t, torch.Tensor)
+            if isinstance(t, torch.Tensor) and _counted(t)
         }
         for tensor in pytree.tree_leaves(out):
             if isinstance(tensor, torch.Tensor):
@@ -116,6 +121,8 @@ class _StorageAccount(TorchDispatchMode):
         return out
 
     def _track(self, tensor: torch.Tensor, inputs: set[int]) -> None:
+        if not _counted(tensor):
+            return
         storage = tensor.untyped_storage()
         ptr = storage.data_ptr()
         if ptr == 0:

@@ -1,7 +1,8 @@
 """The benchmark loop: load once, warm up, then run every method on every question, interleaved.
 
 Order of work (docs/benchmarks.md):
-1. Load the base model once; every method shares it (engines, ``generate()``, the draft if any).
+1. Load the base model once; ``generate()`` runs it as loaded, our engines (and a draft cut from the
+   model) share one copy whose linear layers are packed for this CPU (``ppdecode.kernels``).
 2. Warm up each method on the first question (short, untimed).
 3. For each question, for each repeat, run every method on all the question's turns, in an order
    rotated per question, so that machine drift and cache effects hit every method alike. A method
@@ -33,6 +34,7 @@ from ppdecode.bench.metrics import Record, first_difference, median, overhead, s
 from ppdecode.bench.prompts import BenchPrompt
 from ppdecode.draft_model import resolve_draft
 from ppdecode.engine import Engine
+from ppdecode.kernels import kernels_name, pack_linears, packed_copy
 from ppdecode.models import DEFAULT_MODEL, LoadedModel, load_model
 from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
 from ppdecode.proposers import LookupProposer, PromptTokenProposer
@@ -88,6 +90,7 @@ class BenchConfig:
     device: str | None = None
     dtype: str | None = None
     threads: int | None = None
+    pack: bool = True  # our engine decodes with packed linear layers (ppdecode.kernels), as ppd generate
     output_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -134,22 +137,31 @@ def default_output_dir() -> Path:
 
 # ---- setup ------------------------------------------------------------------------------------------
 def build_methods(config: BenchConfig, base: LoadedModel) -> tuple[list[Method], dict[str, Any]]:
-    """The methods to compare, sharing ``base``; also what each adds (for the summary)."""
+    """The methods to compare; also what each adds (for the summary).
+
+    ``transformers`` decodes with ``base`` as it is; our engine with a copy whose linear layers are
+    packed for this CPU (``config.pack``, where the device has such kernels), the layers ``ppd
+    generate`` decodes with.
+    """
     families = config.families
     methods: list[Method] = []
+    hf_base, base = base, packed_copy(base) if config.pack else base
     vanilla = Engine(base)
     if "vanilla" in families:
         methods.append(EngineMethod("vanilla", vanilla, use_ppd=False))
     if "hf-greedy" in families:
-        methods.append(HFMethod("hf-greedy", base, HFMode.GREEDY))
+        methods.append(HFMethod("hf-greedy", hf_base, HFMode.GREEDY))
     if "hf-lookup" in families:
-        methods.append(HFMethod("hf-lookup", base, HFMode.PROMPT_LOOKUP, config.prompt_lookup_num_tokens))
-    draft_base = None
-    if config.draft_model is not None and ({"hf-assisted", *DRAFT_FAMILIES} & set(families)):
-        draft_base = resolve_draft(base, config.draft_model)
+        methods.append(HFMethod("hf-lookup", hf_base, HFMode.PROMPT_LOOKUP, config.prompt_lookup_num_tokens))
     if "hf-assisted" in families:
-        assert draft_base is not None
-        methods.append(HFMethod("hf-assisted", base, HFMode.ASSISTED, draft=draft_base))
+        assert config.draft_model is not None
+        hf_draft = resolve_draft(hf_base, config.draft_model)
+        methods.append(HFMethod("hf-assisted", hf_base, HFMode.ASSISTED, draft=hf_draft))
+    draft_base = None
+    if config.draft_model is not None and set(DRAFT_FAMILIES) & set(families):
+        draft_base = resolve_draft(base, config.draft_model)
+        if config.pack:
+            pack_linears(draft_base)
     if "lookup" in families:  # prompt lookup alone in our engine: its copies verified as a chain
         engine = Engine(base, proposer=LookupProposer(PromptTokenProposer()))
         chain = config.prompt_lookup_num_tokens
@@ -240,8 +252,11 @@ def has_prompt_tokens(base: LoadedModel) -> bool:
 
 
 def method_info(method: Method, extra: dict[str, Any]) -> dict[str, Any]:
-    """What summary.json records of a method: its kind, its extra parameters and buffers, and ``extra``."""
+    """What summary.json records of a method: its kind, its extra parameters and buffers, the linear
+    kernels it decodes with, and ``extra``."""
+    base = method.engine.base if isinstance(method, EngineMethod) else getattr(method, "base", None)
     return {
+        "kernels": None if base is None else kernels_name(base),
         "greedy": method.greedy,
         "ppd": method.ppd,
         "extra_parameters": method.extra_parameters(),

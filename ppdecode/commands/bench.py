@@ -90,6 +90,14 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto (bf16 on CPU).")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch intra-op threads (default: torch's).")] = None,
+    pack: Annotated[
+        bool,
+        typer.Option(
+            "--pack/--no-pack",
+            help="Our engine decodes with linear layers packed for this CPU (as ppd generate does); "
+            "transformers always runs the model as loaded.",
+        ),
+    ] = True,
     out: Annotated[
         Path | None, typer.Option(help="Output directory (default runs/bench/<timestamp>).")
     ] = None,
@@ -125,7 +133,7 @@ def bench(
     common: dict[str, Any] = {
         "prompts": prompts, "categories": _split(categories), "methods": _split(methods), "model": model,
         "prompt_tokens": prompt_tokens, "seed": seed, "device": device, "dtype": dtype, "threads": threads,
-        "output_dir": out,
+        "pack": pack, "output_dir": out,
     }
     if batch:
         if tree or temperature or draft_model:

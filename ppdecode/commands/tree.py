@@ -127,6 +127,7 @@ def tune_command(
     ] = None,
 ) -> None:
     """Profile this device, choose the fastest tree budget, and store it as this setup's profile."""
+    from ppdecode.kernels import pack_linears
     from ppdecode.models import load_model
     from ppdecode.plotting import MISSING
     from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
@@ -138,6 +139,7 @@ def tune_command(
 
     logging.getLogger("ppdecode").setLevel(logging.WARNING)
     base = load_model(model, device=device, dtype=dtype)
+    pack_linears(base)  # tuned with the kernels `ppd generate` decodes with
     if prompt_tokens == "default":
         tokens = default_prompt_tokens(base)
     else:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ppdecode.embedded import DEFAULT_MODEL
+from ppdecode.kernels import packed_copy
 from ppdecode.models import LoadedModel, cache_dir, load_model
 from ppdecode.prepare import checks, registry
 from ppdecode.prepare.plan import Plan, Recipe, make_plan
@@ -273,8 +274,9 @@ class _Run:
                    f"held-out accuracy on up to {plan.accuracy_prompts} prompts, trained and untrained")
 
     def tune_stage(self, plan: Plan) -> None:
-        tokens = PromptTokens.load(self.work.tokens, self.base)
-        key = current_key(self.base, tokens)
+        decoding = packed_copy(self.base)  # tuned with the linear kernels `ppd generate` decodes with
+        tokens = PromptTokens.load(self.work.tokens, decoding)
+        key = current_key(decoding, tokens)
         chosen = {"confirm": plan.tune.confirm, "prompts": plan.tune.prompts,
                   "max_new_tokens": plan.tune.max_new_tokens, "batch_sizes": plan.tune.batch_sizes}
         tune_config = TuneConfig.quick_preset(**chosen) if plan.tune.quick else TuneConfig(**chosen)  # type: ignore[arg-type]
@@ -283,7 +285,7 @@ class _Run:
 
         def body(previous: dict[str, Any]) -> str:
             table = Accuracy.load(self.work.accuracy)
-            profile = tune(self.base, tokens, table, tune_config)
+            profile = tune(decoding, tokens, table, tune_config)
             save_profile(profile)
             save_profile(profile, self.work.profile)
             tree = profile.exported_tree()  # the batch-size choices travel in its meta

@@ -2,8 +2,9 @@
 
 A profile is valid only where it was measured. Its key holds everything that changes either the
 latency or the accuracies — the base model's fingerprint, the prompt tokens' identity (their base
-fingerprint and a hash of their weights), the device's name, the dtype and the number of torch
-threads — and the file lives at ``cache_dir()/profiles/<digest of the key>.json``. A profile whose key
+fingerprint and a hash of their weights), the device's name, the dtype, the number of torch
+threads and the linear layers' kernels — and the file lives at
+``cache_dir()/profiles/<digest of the key>.json``. A profile whose key
 differs from the current one in any field is never used: ``load_profile`` says which field differs
 and returns None, so that the caller re-tunes or falls back.
 """
@@ -15,7 +16,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ppdecode.kernels import kernels_name
 from ppdecode.models import LoadedModel, cache_dir, device_name
 from ppdecode.prompt_tokens import CONFIG, WEIGHTS, PromptTokens
 from ppdecode.tree.spec import TreeSpec, write_json_atomic
@@ -81,6 +83,7 @@ class HardwareKey:
     device_name: str
     dtype: str  # "bfloat16", ...
     threads: int  # torch.get_num_threads()
+    kernels: str = "stock"  # the linear layers' kernels: "packed" (ppdecode.kernels) or "stock"
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:20]
@@ -101,7 +104,8 @@ class HardwareKey:
         if not isinstance(data, dict):
             raise ValueError("the key must be a JSON object")
         try:
-            return cls(**{f.name: data[f.name] for f in fields(cls)})
+            given = [f.name for f in fields(cls) if f.name in data or f.default is MISSING]
+            return cls(**{name: data[name] for name in given})
         except KeyError as err:
             raise ValueError(f"the key lacks {err}") from None
 
@@ -117,6 +121,7 @@ def current_key(base: LoadedModel, tokens: PromptTokens) -> HardwareKey:
         device_name=device_name(device),
         dtype=str(base.dtype).removeprefix("torch."),
         threads=torch.get_num_threads(),
+        kernels=kernels_name(base),
     )
 
 

@@ -1,0 +1,87 @@
+"""Packed linear layers (ppdecode.kernels): the same numbers as nn.Linear, and PPD on them stays lossless."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ppdecode.config import GenerationConfig
+from ppdecode.engine import Engine
+from ppdecode.kernels import PackedLinear, can_pack, is_packed, kernels_name, pack_linears, packed_copy
+from ppdecode.models import LoadedModel
+from ppdecode.prompt_tokens import default_prompt_tokens
+from ppdecode.tree.spec import load_tree
+from ppdecode.tune.store import HardwareKey, current_key
+
+from .helpers import PROMPTS
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+
+
+@pytest.fixture(scope="module")
+def packed(smollm_f32: LoadedModel) -> LoadedModel:
+    return packed_copy(smollm_f32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linear_matches_nn_linear_and_is_batch_invariant(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 160, bias=True).to(dtype)
+    packed = PackedLinear(linear)
+    x = torch.randn(2, 9, 96, dtype=dtype)
+    with torch.inference_mode():
+        want, got = linear(x), packed(x)
+        alone = torch.stack([packed(x[:, i : i + 1])[:, 0] for i in range(9)], dim=1)
+    assert got.shape == want.shape == (2, 9, 160)
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+    # a row's result does not depend on the other rows of the call (a batch of one vs nine)
+    assert torch.equal(alone, got)
+
+
+def test_packed_linear_refuses_to_train() -> None:
+    packed = PackedLinear(nn.Linear(8, 4))
+    x = torch.randn(3, 8, requires_grad=True)
+    with pytest.raises(RuntimeError, match="load the model again"):
+        packed(x)
+    with torch.no_grad():
+        assert packed(x).shape == (3, 4)
+
+
+def test_packing_swaps_the_decoder_linears_once_and_leaves_the_original(
+    smollm_f32: LoadedModel, packed: LoadedModel
+) -> None:
+    assert can_pack(smollm_f32)
+    layers = smollm_f32.model.config.num_hidden_layers
+    swapped = [m for m in packed.model.modules() if isinstance(m, PackedLinear)]
+    assert len(swapped) == 7 * layers  # q, k, v, o, gate, up, down; the tied output layer stays
+    assert not isinstance(packed.model.get_output_embeddings(), PackedLinear)
+    assert pack_linears(packed) == 0  # idempotent
+    assert not is_packed(smollm_f32.model)  # the copy was packed, not the model it came from
+    assert (kernels_name(packed), kernels_name(smollm_f32)) == ("packed", "stock")
+
+
+def test_a_profile_from_the_stock_kernels_does_not_stand_in_for_packed_ones(
+    smollm_f32: LoadedModel, packed: LoadedModel
+) -> None:
+    tokens = default_prompt_tokens(packed)
+    key = current_key(packed, tokens)
+    assert key.kernels == "packed"
+    old = {k: v for k, v in key.to_dict().items() if k != "kernels"}  # a profile stored before the field
+    stored = HardwareKey.from_dict(old)
+    assert stored.kernels == "stock"
+    assert any(d.startswith("kernels") for d in stored.differences(key))
+    assert stored.digest() != key.digest()
+
+
+def test_ppd_on_packed_layers_equals_vanilla_alone_and_in_a_batch(packed: LoadedModel) -> None:
+    tokens = default_prompt_tokens(packed)
+    vanilla, ppd = Engine(packed), Engine(packed, tokens, load_tree("default"), max_batch=4)
+    prompts = PROMPTS[:8]
+    config = GenerationConfig(max_new_tokens=80)
+    expected = [vanilla.generate(p, config).token_ids for p in prompts]
+    assert [ppd.generate(p, config).token_ids for p in prompts[:4]] == expected[:4]
+    batch = ppd.generate_batch(prompts, config)  # 8 requests through 4 rows: rows join mid-way
+    assert [r.token_ids for r in batch] == expected
+    assert sum(r.stats.steps for r in batch) < sum(map(len, expected))  # guesses were accepted
