@@ -196,8 +196,10 @@ def head_outputs(
         # max(...).indices, not argmax: on a CPU, argmax over bf16 rows is several times slower
         argmax.append(logits[:split].max(dim=-1).indices)
         if end > num_tokens:
-            members = logits[split:].float().reshape(-1, v, logits.shape[-1])  # [groups, V, vocab]
-            top.append(members.mean(dim=1).topk(min(k, logits.shape[-1]), dim=-1).indices)
+            scores = logits[split:]  # [groups * V, vocab]
+            if v > 1:  # an ensemble's mean, accumulated in float32
+                scores = scores.float().reshape(-1, v, scores.shape[-1]).mean(dim=1)  # [groups, vocab]
+            top.append(scores.topk(min(k, scores.shape[-1]), dim=-1).indices)
     if not top:
         top.append(torch.empty(0, k, dtype=torch.long, device=rows.device))
     return torch.cat(argmax), torch.cat(top)
