@@ -11,8 +11,8 @@ the same memory (the packed copy replaces the weight).
 tied to the input embeddings) for a ``PackedLinear``, in place. The packed layers have no backward:
 a packed model decodes (``ppdecode.load``, ``ppd generate``, ``ppd serve``, ``ppd tune``, ``ppd
 bench``); training loads its own model. A row's result does not depend on the other rows in the call
-(the kernel is batch-invariant), and on GPUs, other dtypes or a PyTorch without oneDNN nothing is
-swapped.
+(the kernels are batch-invariant; a lone row is fed as two, see ``PackedLinear``), and on GPUs, other
+dtypes or a PyTorch without oneDNN nothing is swapped.
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ class PackedLinear(nn.Module):
                 "this model's linear layers are packed for decoding and have no backward; load the "
                 "model again (ppdecode.models.load_model) to train with it"
             )
+        if x.numel() == self.in_features:
+            # oneDNN's one-row kernel sums a long row in another order than its kernel for two rows or
+            # more; feeding a lone row twice keeps every row's result the same whatever the call's size
+            pair = x.reshape(1, self.in_features).expand(2, -1).contiguous()
+            out = torch.ops.mkldnn._linear_pointwise(pair, self.packed_weight, self.bias, "none", [], "")
+            return out[:1].reshape(*x.shape[:-1], self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:

@@ -40,6 +40,22 @@ def test_packed_linear_matches_nn_linear_and_is_batch_invariant(dtype: torch.dty
     assert torch.equal(alone, got)
 
 
+@pytest.mark.parametrize("shape", [(576, 1536), (1536, 576)])
+def test_a_lone_row_gets_the_same_result_as_in_a_call_of_many(shape: tuple[int, int]) -> None:
+    # oneDNN's one-row kernel sums a long row (the MLP's down projection: 1536 inputs) in another order
+    # than its many-row kernel; a lone row is fed as two, so decoding one token equals a tree step's row
+    torch.manual_seed(0)
+    packed = PackedLinear(nn.Linear(*shape, bias=False).to(torch.bfloat16))
+    x = torch.randn(1, 12, shape[0], dtype=torch.bfloat16)
+    with torch.inference_mode():
+        many = packed(x)
+        alone = torch.cat([packed(x[:, i : i + 1]) for i in range(12)], dim=1)
+        pairs = torch.cat([packed(x[:, i : i + 2]) for i in range(0, 12, 2)], dim=1)
+    assert alone.shape == many.shape == (1, 12, shape[1])
+    assert torch.equal(alone, many) and torch.equal(pairs, many)
+    assert packed(x[0, 0]).shape == (shape[1],)  # a lone row without batch dims keeps its shape
+
+
 def test_packed_linear_refuses_to_train() -> None:
     packed = PackedLinear(nn.Linear(8, 4))
     x = torch.randn(3, 8, requires_grad=True)
