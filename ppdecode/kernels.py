@@ -1,4 +1,5 @@
-"""Linear layers prepacked for the CPU's matrix kernels: the decoding engine's fast path on a CPU.
+"""The decoding engine's fast path on a CPU: linear layers prepacked for its matrix kernels, and
+grouped-query attention that reads the cache's key/value heads as they are.
 
 A decoding step on a CPU is mostly the decoder's linear layers, with a handful of rows (one for
 vanilla decoding, a tree's worth with guesses) against weights that stream from memory. PyTorch's
@@ -8,11 +9,12 @@ On the CPUs measured that makes a step's linear layers 1.3× (bf16) to 2-3× (fl
 the same memory (the packed copy replaces the weight).
 
 ``pack_linears`` swaps every ``nn.Linear`` of the decoder's layers (and an output layer that is not
-tied to the input embeddings) for a ``PackedLinear``, in place. The packed layers have no backward:
-a packed model decodes (``ppdecode.load``, ``ppd generate``, ``ppd serve``, ``ppd tune``, ``ppd
-bench``); training loads its own model. A row's result does not depend on the other rows in the call
-(the kernels are batch-invariant; a lone row is fed as two, see ``PackedLinear``), and on GPUs, other
-dtypes or a PyTorch without oneDNN nothing is swapped.
+tied to the input embeddings) for a ``PackedLinear``, in place, and switches the model to grouped
+attention (``ppdecode.attention``: a tree step of several inputs does not copy the keys per head).
+The packed layers have no backward: a packed model decodes (``ppdecode.load``, ``ppd generate``,
+``ppd serve``, ``ppd tune``, ``ppd bench``); training loads its own model. A row's result does not
+depend on the other rows in the call (the kernels are batch-invariant; a lone row is fed as two, see
+``PackedLinear``), and on GPUs, other dtypes or a PyTorch without oneDNN nothing is swapped.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ppdecode.attention import use_grouped_attention, uses_grouped_attention
 from ppdecode.models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -77,8 +80,9 @@ def is_packed(model: Any) -> bool:
 
 
 def kernels_name(base: LoadedModel) -> str:
-    """The linear kernels a model decodes with: part of what a latency profile was measured on."""
-    return "packed" if is_packed(base.model) else "stock"
+    """The kernels a model decodes with: part of what a latency profile was measured on."""
+    linear = "packed" if is_packed(base.model) else "stock"
+    return f"{linear}+grouped-attention" if uses_grouped_attention(base.model) else linear
 
 
 def _same_tensor(a: Any, b: Any) -> bool:
@@ -87,7 +91,8 @@ def _same_tensor(a: Any, b: Any) -> bool:
 
 @torch.no_grad()
 def pack_linears(base: LoadedModel) -> int:
-    """Pack the decoder's linear layers in place (idempotent); returns how many were packed now.
+    """Pack the decoder's linear layers in place and switch to grouped attention (idempotent); returns
+    how many linear layers were packed now.
 
     The output layer is packed too unless it shares its weight with the input embeddings (the
     embedding lookup needs the plain weight, and a packed copy would add a vocabulary's worth of
@@ -110,6 +115,7 @@ def pack_linears(base: LoadedModel) -> int:
     if type(head) is nn.Linear and not tied:
         model.set_output_embeddings(PackedLinear(head))
         packed += 1
+    use_grouped_attention(model)
     if packed:
         logger.info("packed %d linear layers of %s for this CPU's kernels", packed, base.name)
     return packed

@@ -1,11 +1,14 @@
-"""Packed linear layers (ppdecode.kernels): the same numbers as nn.Linear, and PPD on them stays lossless."""
+"""The CPU fast path (ppdecode.kernels): packed linear layers give the same numbers as nn.Linear,
+grouped attention the same as transformers' sdpa, and PPD on them stays lossless."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from ppdecode.attention import grouped_sdpa_forward, uses_grouped_attention
 from ppdecode.config import GenerationConfig
 from ppdecode.engine import Engine
 from ppdecode.kernels import PackedLinear, can_pack, is_packed, kernels_name, pack_linears, packed_copy
@@ -56,6 +59,29 @@ def test_a_lone_row_gets_the_same_result_as_in_a_call_of_many(shape: tuple[int, 
     assert packed(x[0, 0]).shape == (shape[1],)  # a lone row without batch dims keeps its shape
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_attention_equals_sdpa_with_repeated_keys(
+    smollm_f32: LoadedModel, dtype: torch.dtype
+) -> None:
+    attention = smollm_f32.model.model.layers[0].self_attn
+    groups = attention.num_key_value_groups
+    assert groups > 1  # SmolLM2: 9 query heads on 3 key/value heads
+    generator = torch.Generator().manual_seed(0)
+    batch, width, keys, kv_heads, dim = 3, 5, 23, attention.config.num_key_value_heads, attention.head_dim
+    query = torch.randn(batch, kv_heads * groups, width, dim, generator=generator).to(dtype)
+    key, value = (torch.randn(batch, kv_heads, keys, dim, generator=generator).to(dtype) for _ in "kv")
+    allowed = torch.rand(batch, 1, width, keys, generator=generator) < 0.7
+    allowed[..., 0] = True  # every query sees at least one key
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    for w in (width, 1):  # a tree step, and a lone query (transformers' own path)
+        args = (attention, query[:, :, :w], key, value, mask[:, :, :w])
+        got, _ = grouped_sdpa_forward(*args, scaling=attention.scaling)
+        want, _ = sdpa_attention_forward(*args, scaling=attention.scaling)
+        assert got.shape == want.shape == (batch, w, kv_heads * groups, dim)
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+
+
 def test_packed_linear_refuses_to_train() -> None:
     packed = PackedLinear(nn.Linear(8, 4))
     x = torch.randn(3, 8, requires_grad=True)
@@ -75,7 +101,8 @@ def test_packing_swaps_the_decoder_linears_once_and_leaves_the_original(
     assert not isinstance(packed.model.get_output_embeddings(), PackedLinear)
     assert pack_linears(packed) == 0  # idempotent
     assert not is_packed(smollm_f32.model)  # the copy was packed, not the model it came from
-    assert (kernels_name(packed), kernels_name(smollm_f32)) == ("packed", "stock")
+    assert (kernels_name(packed), kernels_name(smollm_f32)) == ("packed+grouped-attention", "stock")
+    assert uses_grouped_attention(packed.model) and not uses_grouped_attention(smollm_f32.model)
 
 
 def test_a_profile_from_the_stock_kernels_does_not_stand_in_for_packed_ones(
@@ -83,7 +110,7 @@ def test_a_profile_from_the_stock_kernels_does_not_stand_in_for_packed_ones(
 ) -> None:
     tokens = default_prompt_tokens(packed)
     key = current_key(packed, tokens)
-    assert key.kernels == "packed"
+    assert key.kernels == "packed+grouped-attention"
     old = {k: v for k, v in key.to_dict().items() if k != "kernels"}  # a profile stored before the field
     stored = HardwareKey.from_dict(old)
     assert stored.kernels == "stock"

@@ -3,7 +3,7 @@
 A profile is valid only where it was measured. Its key holds everything that changes either the
 latency or the accuracies — the base model's fingerprint, the prompt tokens' identity (their base
 fingerprint and a hash of their weights), the device's name, the dtype, the number of torch
-threads and the linear layers' kernels — and the file lives at
+threads and the kernels (ppdecode.kernels) — and the file lives at
 ``cache_dir()/profiles/<digest of the key>.json``. A profile whose key
 differs from the current one in any field is never used: ``load_profile`` says which field differs
 and returns None, so that the caller re-tunes or falls back.
@@ -83,7 +83,7 @@ class HardwareKey:
     device_name: str
     dtype: str  # "bfloat16", ...
     threads: int  # torch.get_num_threads()
-    kernels: str = "stock"  # the linear layers' kernels: "packed" (ppdecode.kernels) or "stock"
+    kernels: str = "stock"  # "stock", or "packed+grouped-attention" (ppdecode.kernels)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:20]
