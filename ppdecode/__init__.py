@@ -10,6 +10,7 @@ result = engine.generate("Write a haiku", temperature=0.0)
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from ppdecode.engine import Engine, GenerationResult, GenerationStats, StreamChunk
     from ppdecode.models import LoadedModel, load_model
     from ppdecode.prompt_tokens import PromptTokens
+    from ppdecode.proposers.draft import DraftProposer
     from ppdecode.tree.spec import TreeSpec
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "PromptTokens",
     "StreamChunk",
     "TreeSpec",
+    "draft_proposers",
     "load",
     "load_model",
     "wrap",
@@ -119,6 +122,22 @@ def _draft(
     engine_options: dict[str, Any],
 ) -> Any:
     """The draft proposer: the draft model in an engine of its own (with its prompt tokens if ``ppd``)."""
+    options = {k: v for k, v in engine_options.items() if k in ("max_batch", "max_length")}
+    return draft_proposers(base, draft, ppd, length, tune, pack, **options)()
+
+
+def draft_proposers(
+    base: LoadedModel,
+    draft: str,
+    ppd: bool = False,
+    length: int = 4,
+    tune: bool = True,
+    pack: bool = True,
+    **engine_options: Any,
+) -> Callable[[], DraftProposer]:
+    """A maker of draft proposers for ``base``: the draft model ``draft`` names is resolved (and packed)
+    once, and every call gives a proposer with an engine of its own on it (``ppd``: with the draft's
+    prompt tokens). ``ppd tune --draft`` confirms its trees with one per decoding engine."""
     from ppdecode.draft_model import resolve_draft
     from ppdecode.kernels import pack_linears
     from ppdecode.proposers.draft import DraftProposer
@@ -126,9 +145,12 @@ def _draft(
     draft_base = resolve_draft(base, draft)
     if pack:
         pack_linears(draft_base)
-    options = {k: v for k, v in engine_options.items() if k in ("max_batch", "max_length")}
-    engine = _engine(draft_base, "default" if ppd else None, "auto", tune, options)
-    return DraftProposer(engine, length=length)
+
+    def make() -> DraftProposer:
+        engine = _engine(draft_base, "default" if ppd else None, "auto", tune, dict(engine_options))
+        return DraftProposer(engine, length=length)
+
+    return make
 
 
 def wrap(
@@ -169,6 +191,7 @@ def _engine(
     from ppdecode.engine import Engine
     from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
     from ppdecode.tune.resolve import resolve_trees
+    from ppdecode.tune.store import draft_identity
 
     if isinstance(prompt_tokens, PromptTokens):
         tokens: PromptTokens | None = prompt_tokens
@@ -180,4 +203,7 @@ def _engine(
         tokens = None
     if tokens is None:
         return Engine(base, **engine_options)  # vanilla, or a draft's tokens alone
-    return Engine(base, tokens, resolve_trees(base, tokens, tree, allow_tune=tune), **engine_options)
+    # a tree confirmed with this very draft in the mix (`ppd tune --draft`) is preferred where one is stored
+    draft = draft_identity(engine_options.get("draft"))
+    trees = resolve_trees(base, tokens, tree, allow_tune=tune, draft=draft)
+    return Engine(base, tokens, trees, **engine_options)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from ppdecode import draft_proposers, wrap
 from ppdecode.cli import app
 from ppdecode.config import GenerationConfig
 from ppdecode.draft_model import cut_draft, exit_of, resolve_draft, train_exit
@@ -20,6 +21,9 @@ from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
 from ppdecode.proposers.draft import DraftProposer
 from ppdecode.request import DRAFT
 from ppdecode.tree.spec import load_tree
+from ppdecode.tune.resolve import resolve_trees
+from ppdecode.tune.store import draft_identity, save_profile
+from ppdecode.tune.tuner import TuneConfig, accuracy_for, tune
 
 from .helpers import PROMPTS
 
@@ -149,3 +153,38 @@ def test_the_exit_learns_the_target_by_self_distillation(smollm_f32) -> None:
     assert record["steps"] >= 3
     assert record["loss_last"] < record["loss_first"]
     assert not torch.equal(exit_of(draft).proj.weight, before)
+
+
+def test_tuning_with_a_draft_confirms_with_it_and_engines_with_that_draft_use_its_trees(
+    smollm_f32, tmp_path, monkeypatch
+) -> None:
+    """`ppd tune --draft`: the confirmation decodes with the draft in the mix, the profile is keyed by
+    the draft, and an engine given that draft takes the profile's trees (one without it does not)."""
+    monkeypatch.setenv("PPDECODE_CACHE", str(tmp_path))
+    tokens = default_prompt_tokens(smollm_f32)
+    table = accuracy_for(smollm_f32, tokens)
+    assert table is not None
+    made: list[DraftProposer] = []
+    drafts = draft_proposers(smollm_f32, "default", tune=False, pack=False)
+
+    def counted() -> DraftProposer:
+        made.append(drafts())
+        return made[-1]
+
+    config = TuneConfig(budgets=(5, 6), confirm=1, prompts=1, max_new_tokens=12, repeats=1, warmup=0,
+                        overhead_tokens=8, batch_sizes=(1,), progress=False)
+    with pytest.raises(ValueError, match="needs --confirm"):
+        tune(smollm_f32, tokens, table, replace(config, confirm=0), draft=counted)
+    profile = tune(smollm_f32, tokens, table, config, draft=counted)
+    identity = draft_identity(made[0])
+    assert profile.key.draft == identity and identity.startswith("smollm2-135m-draft ")
+    assert len(made) == 2  # one for the key, one for the engine of the confirmed tree
+    assert made[1].draft_steps > 0  # the confirmation decoded with the draft
+    assert profile.row(profile.predicted_budget).measured is not None
+    save_profile(profile)
+    assert resolve_trees(smollm_f32, tokens, "auto", allow_tune=False, draft=identity) == profile.trees()
+    with_draft = wrap(smollm_f32.model, smollm_f32.tokenizer, tokens, name=smollm_f32.name, tune=False,
+                      draft=drafts())
+    assert with_draft.tree == profile.tree
+    without = wrap(smollm_f32.model, smollm_f32.tokenizer, tokens, name=smollm_f32.name, tune=False)
+    assert without.tree != profile.tree  # float32 has no tuned tree of its own here: the packaged one

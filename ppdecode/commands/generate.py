@@ -12,6 +12,22 @@ import typer
 from ppdecode.config import AcceptMode, GenerationConfig
 from ppdecode.embedded import DEFAULT_MODEL
 
+# the draft model's options, shared by the commands that decode with one (generate, tune)
+DraftOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Speculative decoding with a draft model of the same tokenizer (a model name, directory "
+        "or .gguf; 'default': the default model's demonstration draft). Its tokens join the prompt "
+        "tokens' tree and prompt lookup; alone with --prompt-tokens none --no-lookup."
+    ),
+]
+DraftPpdOption = Annotated[
+    bool, typer.Option("--draft-ppd", help="The draft writes its draft with PPD (its own prompt tokens).")
+]
+DraftLengthOption = Annotated[
+    int, typer.Option(help="Draft tokens per step at first (adapted per row as drafts are accepted).")
+]
+
 
 def generate(
     prompts: Annotated[
@@ -55,21 +71,9 @@ def generate(
             "tree step (0 = no chain)."
         ),
     ] = GenerationConfig.lookup_chain,
-    draft: Annotated[
-        str | None,
-        typer.Option(
-            help="Speculative decoding with a draft model of the same tokenizer (a model name, directory "
-            "or .gguf; 'default': the default model's demonstration draft). Its tokens join the prompt "
-            "tokens' tree and prompt lookup; alone with --prompt-tokens none --no-lookup."
-        ),
-    ] = None,
-    draft_ppd: Annotated[
-        bool, typer.Option("--draft-ppd", help="The draft writes its draft with PPD (its own prompt tokens).")
-    ] = False,
-    draft_length: Annotated[
-        int,
-        typer.Option(help="Draft tokens per step at first (adapted per row as drafts are accepted)."),
-    ] = 4,
+    draft: DraftOption = None,
+    draft_ppd: DraftPpdOption = False,
+    draft_length: DraftLengthOption = 4,
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of streaming.")

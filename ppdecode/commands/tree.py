@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ppdecode.commands.generate import DraftLengthOption, DraftPpdOption
 from ppdecode.embedded import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -108,6 +109,15 @@ def tune_command(
             "with the prompt tokens alone.",
         ),
     ] = True,
+    draft: Annotated[
+        str | None,
+        typer.Option(
+            help="Confirm with this draft model in the mix (as `ppd generate --draft`; needs --confirm); "
+            "the profile is for that draft."
+        ),
+    ] = None,
+    draft_ppd: DraftPpdOption = False,
+    draft_length: DraftLengthOption = 4,
     repeats: Annotated[int | None, typer.Option(help="Timed forwards per size (median).")] = None,
     cache_length: Annotated[int, typer.Option(help="Committed tokens under the profiled forwards.")] = 256,
     top_k: Annotated[int | None, typer.Option(help=TOP_K_HELP)] = None,
@@ -127,6 +137,7 @@ def tune_command(
     ] = None,
 ) -> None:
     """Profile this device, choose the fastest tree budget, and store it as this setup's profile."""
+    from ppdecode import draft_proposers
     from ppdecode.kernels import pack_linears
     from ppdecode.models import load_model
     from ppdecode.plotting import MISSING
@@ -160,7 +171,10 @@ def tune_command(
     if repeats is not None:
         settings["repeats"] = repeats
     config = TuneConfig.quick_preset(**settings) if quick else TuneConfig(**settings)  # type: ignore[arg-type]
-    profile = tune(base, tokens, table, config, log=lambda line: console.print(f"[dim]{line}[/dim]"))
+    drafts = None if draft is None else draft_proposers(base, draft, draft_ppd, draft_length)
+    profile = tune(
+        base, tokens, table, config, log=lambda line: console.print(f"[dim]{line}[/dim]"), draft=drafts
+    )
     saved = save_profile(profile)
 
     result = Table(title=f"{profile.key.model} on {profile.key.device_name} ({profile.key.dtype}, "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +23,7 @@ from ppdecode.config import GenerationConfig
 from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens
+from ppdecode.proposers.draft import DraftProposer
 from ppdecode.tree.spec import TreeSpec
 
 logger = logging.getLogger(__name__)
@@ -166,20 +167,23 @@ def measure_decoding(
     warmup: bool = True,
     repeats: int = 1,
     lookup: bool = False,
+    draft: Callable[[], DraftProposer] | None = None,
 ) -> dict[str, DecodeMeasurement]:
     """Greedy-decode every prompt with every variant (a tree, or None for vanilla); totals per variant.
 
     With ``repeats`` > 1 every (variant, prompt) generation runs that many times, in separate rounds, and
     the fastest run counts: greedy decoding repeats the same tokens and steps, so the runs differ only
     by interference from other processes, which the minimum removes best. ``lookup`` decodes with
-    prompt lookup joined to the prompt tokens (the proposer mix of ``ppd generate``).
+    prompt lookup joined to the prompt tokens (the proposer mix of ``ppd generate``); ``draft`` makes
+    a draft proposer for each tree's engine (the mix of ``ppd generate --draft``; vanilla stays plain).
     """
     if not variants or not prompts:
         raise ValueError("measure_decoding needs at least one variant and one prompt")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     engines = {
-        name: Engine(base, tokens if spec is not None else None, spec) for name, spec in variants.items()
+        name: Engine(base) if spec is None else Engine(base, tokens, spec, draft=draft() if draft else None)
+        for name, spec in variants.items()
     }
     names = list(engines)
     encoded = [engines[names[0]].encode(prompt) for prompt in prompts]

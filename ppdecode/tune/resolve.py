@@ -87,9 +87,19 @@ def resolve_trees(
     prompt_tokens: PromptTokens,
     tree: str | Path | TreeSpec = AUTO,
     allow_tune: bool = True,
+    draft: str = "",
 ) -> dict[int, TreeSpec | None]:
     """The tree per number of active rows (``Engine(tree=...)``): a hardware profile's batch choices
-    where "auto" or the given profile has them, else the one tree of ``resolve_tree`` for every size."""
+    where "auto" or the given profile has them, else the one tree of ``resolve_tree`` for every size.
+
+    ``draft`` (``draft_identity``): with "auto", a profile tuned with this draft in the proposer mix
+    (``ppd tune --draft``) comes first; without one the trees are chosen as for the prompt tokens alone.
+    """
+    if draft and isinstance(tree, str | Path) and str(tree) == AUTO:
+        confirmed = load_profile(current_key(base, prompt_tokens, draft))
+        if confirmed is not None:
+            logger.info("trees: the profile tuned with the draft %s", draft)
+            return confirmed.trees()
     single = resolve_tree(base, prompt_tokens, tree, allow_tune)
     profile = None
     if isinstance(tree, str | Path) and str(tree) == AUTO:

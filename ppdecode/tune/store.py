@@ -3,8 +3,8 @@
 A profile is valid only where it was measured. Its key holds everything that changes either the
 latency or the accuracies — the base model's fingerprint, the prompt tokens' identity (their base
 fingerprint and a hash of their weights), the device's name, the dtype, the number of torch
-threads and the kernels (ppdecode.kernels) — and the file lives at
-``cache_dir()/profiles/<digest of the key>.json``. A profile whose key
+threads, the kernels (ppdecode.kernels) and the draft model in the proposer mix, if any — and the
+file lives at ``cache_dir()/profiles/<digest of the key>.json``. A profile whose key
 differs from the current one in any field is never used: ``load_profile`` says which field differs
 and returns None, so that the caller re-tunes or falls back.
 """
@@ -18,7 +18,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -31,6 +31,9 @@ from ppdecode.tree.spec import TreeSpec, write_json_atomic
 from ppdecode.tune.choice import Prediction
 from ppdecode.tune.decode import DecodeMeasurement
 from ppdecode.tune.latency import LatencyProfile
+
+if TYPE_CHECKING:
+    from ppdecode.proposers.draft import DraftProposer
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,7 @@ class HardwareKey:
     dtype: str  # "bfloat16", ...
     threads: int  # torch.get_num_threads()
     kernels: str = "stock"  # "stock", or "packed+grouped-attention" (ppdecode.kernels)
+    draft: str = ""  # the draft model in the proposer mix the trees were confirmed with ("" = none)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:20]
@@ -110,7 +114,20 @@ class HardwareKey:
             raise ValueError(f"the key lacks {err}") from None
 
 
-def current_key(base: LoadedModel, tokens: PromptTokens) -> HardwareKey:
+def draft_identity(draft: DraftProposer | None) -> str:
+    """The draft part of a proposer mix: the draft model's name and fingerprint, its own prompt tokens'
+    identity when it writes with PPD, and its first draft length; "" without a draft."""
+    if draft is None:
+        return ""
+    engine = draft.engine
+    identity = f"{engine.base.name} {engine.base.fingerprint}"
+    if engine.prompt_tokens is not None:
+        identity += f" ppd {tokens_identity(engine.prompt_tokens)}"
+    return f"{identity} length {draft.length}"
+
+
+def current_key(base: LoadedModel, tokens: PromptTokens, draft: str = "") -> HardwareKey:
+    """The key of this setup; ``draft`` is ``draft_identity`` of the draft in the mix, if any."""
     device = base.device
     return HardwareKey(
         model=base.name,
@@ -122,6 +139,7 @@ def current_key(base: LoadedModel, tokens: PromptTokens) -> HardwareKey:
         dtype=str(base.dtype).removeprefix("torch."),
         threads=torch.get_num_threads(),
         kernels=kernels_name(base),
+        draft=draft,
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens, packaged_tokens_path
+from ppdecode.proposers.draft import DraftProposer
 from ppdecode.tree.builder import Accuracy, build_tree_family
 from ppdecode.tree.spec import TreeSpec
 from ppdecode.tune.choice import (
@@ -41,6 +42,7 @@ from ppdecode.tune.store import (
     HardwareProfile,
     artifact_identity,
     current_key,
+    draft_identity,
     now,
     tokens_identity,
 )
@@ -149,13 +151,23 @@ def tune(
     config: TuneConfig | None = None,
     key: HardwareKey | None = None,
     log: Callable[[str], None] | None = None,
+    draft: Callable[[], DraftProposer] | None = None,
 ) -> HardwareProfile:
-    """Measure this device and choose the tree; returns the profile (the caller decides where it goes)."""
+    """Measure this device and choose the tree; returns the profile (the caller decides where it goes).
+
+    ``draft`` (``ppdecode.draft_proposers``): the confirmation decodes with a draft model in the mix, and
+    the profile is keyed by that draft, so ``load(draft=...)`` finds it. The predictions model the prompt
+    tokens' guesses alone; what the draft adds is measured, so a draft needs ``confirm``.
+    """
     config = config or TuneConfig()
     say = log or logger.info
     n = tokens.num_prompt_tokens
     accuracy.expected_for(n)
-    key = key or current_key(base, tokens)
+    if draft is not None and not config.confirm:
+        raise ValueError(
+            "tuning with a draft needs --confirm N: what the draft adds to a tree is measured by decoding"
+        )
+    key = key or current_key(base, tokens, draft_identity(draft()) if draft else "")
     budgets = list(config.budgets) or default_budgets(base.device.type, n)
     say(f"building {len(budgets)} trees (budgets {budgets[0]}..{budgets[-1]}) from {accuracy.source}")
     family = build_tree_family(accuracy, budgets, top_k=config.top_k)
@@ -193,7 +205,7 @@ def tune(
         variants: dict[str, TreeSpec | None] = {VANILLA: None, **{str(b): specs[b] for b in chosen_few}}
         results = measure_decoding(
             base, tokens, variants, held_out_prompts(config.prompts), config.max_new_tokens, config.progress,
-            repeats=config.confirm_repeats, lookup=config.lookup,
+            repeats=config.confirm_repeats, lookup=config.lookup, draft=draft,
         )
         vanilla = results[VANILLA]
         measured = {b: results[str(b)] for b in chosen_few}
