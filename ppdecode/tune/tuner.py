@@ -6,6 +6,7 @@
 4. Predict each budget's tokens/s and speed-up; the best prediction is the candidate choice.
 5. Optionally confirm: decode held-out prompts with the best few trees and with vanilla decoding;
    a budget measured faster than the predicted best by more than the noise tolerance takes its place.
+   Given a draft model, the confirmation decodes with it in the mix and the profile is keyed by it.
 6. For each larger batch size served (METHOD §8), profile forwards of B rows x n inputs and choose the
    budget with the best predicted throughput Σ τ / L(B·n), or vanilla decoding where no tree pays.
 """
