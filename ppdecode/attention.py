@@ -10,8 +10,8 @@ step's mask (shared by every head) repeated per group. The result is the same at
 is its own softmax), with no copy of the cache.
 
 ``use_grouped_attention`` switches a model to it (registered with transformers as
-``GROUPED_ATTENTION``); every case it does not cover (no grouping, no mask, soft-capping, position
-bias, attention weights asked for) goes to transformers' sdpa as it is.
+``GROUPED_ATTENTION`` on first use); every case it does not cover (no grouping, no mask,
+soft-capping, position bias, attention weights asked for) goes to transformers' sdpa as it is.
 """
 
 from __future__ import annotations
@@ -62,14 +62,16 @@ def grouped_sdpa_forward(
     return out.reshape(batch, heads, width, dim).transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(GROUPED_ATTENTION, grouped_sdpa_forward)
-AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
-
-
 def use_grouped_attention(model: Any) -> bool:
-    """Switch ``model`` (an sdpa model) to grouped attention in place; False where it keeps its own."""
+    """Switch ``model`` (an sdpa model) to grouped attention in place; False where it keeps its own.
+
+    The attention function and its mask function (sdpa's) are registered with transformers here, on
+    first use, not on import.
+    """
     if getattr(model.config, "_attn_implementation", None) not in ("sdpa", GROUPED_ATTENTION):
         return False
+    AttentionInterface.register(GROUPED_ATTENTION, grouped_sdpa_forward)
+    AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
     model.set_attn_implementation(GROUPED_ATTENTION)
     return True
 

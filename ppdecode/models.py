@@ -80,8 +80,10 @@ class LoadedModel:
                 f"{type(model).__name__} has no output layer: wrap a causal LM "
                 "(AutoModelForCausalLM.from_pretrained(...)), not its base model"
             )
+        from ppdecode.attention import GROUPED_ATTENTION
+
         attention = getattr(model.config, "_attn_implementation", None)
-        if attention != "sdpa":
+        if attention not in ("sdpa", GROUPED_ATTENTION):  # grouped: a model this library packed
             raise ValueError(
                 f"the model uses {attention!r} attention; the engine needs 'sdpa' (it passes 4D float "
                 "masks): load it with AutoModelForCausalLM.from_pretrained(..., attn_implementation='sdpa') "

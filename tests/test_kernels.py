@@ -103,6 +103,8 @@ def test_packing_swaps_the_decoder_linears_once_and_leaves_the_original(
     assert not is_packed(smollm_f32.model)  # the copy was packed, not the model it came from
     assert (kernels_name(packed), kernels_name(smollm_f32)) == ("packed+grouped-attention", "stock")
     assert uses_grouped_attention(packed.model) and not uses_grouped_attention(smollm_f32.model)
+    again = LoadedModel.wrap(packed.model, packed.tokenizer, packed.name)  # wrapping a packed model
+    assert again.fingerprint == packed.fingerprint
 
 
 def test_a_profile_from_the_stock_kernels_does_not_stand_in_for_packed_ones(
