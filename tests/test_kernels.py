@@ -73,7 +73,7 @@ def test_grouped_attention_equals_sdpa_with_repeated_keys(
     allowed = torch.rand(batch, 1, width, keys, generator=generator) < 0.7
     allowed[..., 0] = True  # every query sees at least one key
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    for w in (width, 1):  # a tree step, and a lone query (transformers' own path)
+    for w in (width, 2):  # tree steps of 5 and 2 inputs (a lone query takes transformers' own path)
         args = (attention, query[:, :, :w], key, value, mask[:, :, :w])
         got, _ = grouped_sdpa_forward(*args, scaling=attention.scaling)
         want, _ = sdpa_attention_forward(*args, scaling=attention.scaling)
