@@ -80,6 +80,7 @@ def load(
     draft: str | None = None,
     draft_ppd: bool = False,
     draft_length: int = 4,
+    draft_schedule: str = "adaptive",
     pack: bool = True,
     **engine_options: Any,
 ) -> Engine:
@@ -95,8 +96,8 @@ def load(
     ``draft``: speculative decoding with a draft model of the same tokenizer (a model name, directory
     or .gguf; "default": the model's demonstration draft), whose tokens join the prompt tokens' tree
     and prompt lookup (alone with ``prompt_tokens=None`` and ``lookup=False`` in the config);
-    ``draft_ppd`` lets the draft write with its own prompt tokens; ``draft_length`` is where its
-    adaptive draft length starts.
+    ``draft_ppd`` lets the draft write with its own prompt tokens; ``draft_length`` is its draft
+    length, where ``draft_schedule="adaptive"`` starts it (``"fixed"``: every step).
 
     ``pack``: on a CPU, the linear layers are prepacked for its matrix kernels (``ppdecode.kernels``;
     faster, same memory, no backward): the model is for decoding only.
@@ -108,7 +109,9 @@ def load(
     if pack:
         pack_linears(base)
     if draft is not None:
-        engine_options["draft"] = _draft(base, draft, draft_ppd, draft_length, tune, pack, engine_options)
+        engine_options["draft"] = _draft(
+            base, draft, draft_ppd, draft_length, draft_schedule, tune, pack, engine_options
+        )
     return _engine(base, prompt_tokens, tree, tune, engine_options)
 
 
@@ -117,13 +120,14 @@ def _draft(
     draft: str,
     ppd: bool,
     length: int,
+    schedule: str,
     tune: bool,
     pack: bool,
     engine_options: dict[str, Any],
 ) -> Any:
     """The draft proposer: the draft model in an engine of its own (with its prompt tokens if ``ppd``)."""
     options = {k: v for k, v in engine_options.items() if k in ("max_batch", "max_length")}
-    return draft_proposers(base, draft, ppd, length, tune, pack, **options)()
+    return draft_proposers(base, draft, ppd, length, tune, pack, schedule, **options)()
 
 
 def draft_proposers(
@@ -133,22 +137,25 @@ def draft_proposers(
     length: int = 4,
     tune: bool = True,
     pack: bool = True,
+    schedule: str = "adaptive",
     **engine_options: Any,
 ) -> Callable[[], DraftProposer]:
     """A maker of draft proposers for ``base``: the draft model ``draft`` names is resolved (and packed)
     once, and every call gives a proposer with an engine of its own on it (``ppd``: with the draft's
-    prompt tokens). ``ppd tune --draft`` confirms its trees with one per decoding engine."""
+    prompt tokens; ``length`` and ``schedule`` as in ``DraftProposer``). ``ppd tune --draft`` confirms
+    its trees with one per decoding engine."""
     from ppdecode.draft_model import resolve_draft
     from ppdecode.kernels import pack_linears
-    from ppdecode.proposers.draft import DraftProposer
+    from ppdecode.proposers.draft import DraftProposer, draft_schedule
 
+    draft_schedule(schedule)  # an unknown schedule is refused before the draft model is loaded
     draft_base = resolve_draft(base, draft)
     if pack:
         pack_linears(draft_base)
 
     def make() -> DraftProposer:
         engine = _engine(draft_base, "default" if ppd else None, "auto", tune, dict(engine_options))
-        return DraftProposer(engine, length=length)
+        return DraftProposer(engine, length=length, schedule=schedule)
 
     return make
 

@@ -22,6 +22,7 @@ import random
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,19 @@ from ppdecode.models import LoadedModel, fingerprint, load_model
 logger = logging.getLogger(__name__)
 
 PACKAGED = Path(__file__).parent / "data" / "drafts"
+
+
+@dataclass(frozen=True)
+class DistillText:
+    """One token sequence to distil on; the draft learns the target's next token from position
+    ``first`` on (an answer's first token is predicted at its prompt's last position)."""
+
+    ids: list[int]
+    first: int = 0
+
+
+def _as_text(text: list[int] | DistillText) -> DistillText:
+    return text if isinstance(text, DistillText) else DistillText(list(text))
 
 
 @dataclass(frozen=True)
@@ -190,10 +204,10 @@ def resolve_draft(target: LoadedModel, spec: str) -> LoadedModel:
     return draft
 
 
-def token_frequencies(target: LoadedModel, texts: list[list[int]]) -> Counter[int]:
+def token_frequencies(target: LoadedModel, texts: Sequence[list[int] | DistillText]) -> Counter[int]:
     counts: Counter[int] = Counter()
-    for ids in texts:
-        counts.update(ids)
+    for text in texts:
+        counts.update(_as_text(text).ids)
     counts.update({int(t): 1 for t in target.eos_token_ids})
     return counts
 
@@ -201,7 +215,7 @@ def token_frequencies(target: LoadedModel, texts: list[list[int]]) -> Counter[in
 def train_exit(
     target: LoadedModel,
     draft: LoadedModel,
-    texts: list[list[int]],
+    texts: Sequence[list[int] | DistillText],
     seconds: float,
     batch_size: int = 8,
     lr: float = 3e-3,
@@ -209,7 +223,8 @@ def train_exit(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Self-distillation of the draft's exit: KL from the target's next-token distribution to the
-    draft's, over the shortlist, on ``texts`` (token id sequences), for about ``seconds``."""
+    draft's, over the shortlist, on ``texts`` (token id sequences, learnt from their ``first``
+    position on), for about ``seconds``."""
     import copy
 
     from tqdm import tqdm
@@ -225,21 +240,23 @@ def train_exit(
     start, step, losses, agree = time.perf_counter(), 0, [], []
     bar = tqdm(total=int(seconds), desc="training the draft's exit", unit="s", disable=not progress)
     while time.perf_counter() - start < seconds:
-        batch = [texts[rng.randrange(len(texts))] for _ in range(batch_size)]
-        width = max(len(t) for t in batch)
+        batch = [_as_text(texts[rng.randrange(len(texts))]) for _ in range(batch_size)]
+        width = max(len(t.ids) for t in batch)
         tokens = torch.zeros(len(batch), width, dtype=torch.long)
-        valid = torch.zeros(len(batch), width, dtype=torch.bool)
+        seen = torch.zeros(len(batch), width, dtype=torch.bool)  # [B, T] real tokens (attended)
+        learnt = torch.zeros(len(batch), width, dtype=torch.bool)  # [B, T] positions distilled on
         for i, t in enumerate(batch):
-            tokens[i, : len(t)] = torch.tensor(t)
-            valid[i, : len(t)] = True
+            tokens[i, : len(t.ids)] = torch.tensor(t.ids)
+            seen[i, : len(t.ids)] = True
+            learnt[i, t.first : len(t.ids)] = True
         with torch.no_grad():
             out = target.model(
                 input_ids=tokens.to(target.device),
-                attention_mask=valid.long().to(target.device),
+                attention_mask=seen.long().to(target.device),
                 output_hidden_states=True,
             )
-            hidden = out.hidden_states[layers].float()[valid]  # [n, H] after the draft's last layer
-            teacher = out.logits.float()[valid]  # [n, V]
+            hidden = out.hidden_states[layers].float()[learnt]  # [n, H] after the draft's last layer
+            teacher = out.logits.float()[learnt]  # [n, V]
             if ids is not None:
                 teacher = teacher[:, ids]
             teacher = teacher.log_softmax(-1)
@@ -295,6 +312,28 @@ def distillation_texts(
     return texts
 
 
+def dataset_texts(
+    target: LoadedModel, path: str | Path, max_tokens: int = 320
+) -> tuple[list[DistillText], list[DistillText]]:
+    """(train, held-out) sequences of a self-distillation dataset of the target (``ppd data``): each
+    prompt with the target's own greedy answer, learnt on the answer, cut to ``max_tokens``."""
+    from ppdecode.train.data import HELDOUT, load_dataset
+
+    dataset = load_dataset(path, target)
+    train: list[DistillText] = []
+    held: list[DistillText] = []
+    for sample in dataset.samples:
+        ids = (sample.prompt_ids + sample.response_ids)[-max_tokens:]
+        first = max(0, len(ids) - len(sample.response_ids) - 1)
+        (held if sample.split == HELDOUT else train).append(DistillText(ids, first))
+    if not train or not held:
+        raise ValueError(
+            f"the dataset {path} needs both train and held-out answers ({len(train)} and {len(held)}); "
+            "build it with more prompts (`ppd data --source self-instruct:300 ...`)"
+        )
+    return train, held
+
+
 def shortlist(counts: Counter[int], size: int, vocab: int) -> torch.Tensor:
     """The ``size`` most frequent token ids, topped up with the lowest ids (BPE's earliest merges)."""
     ids = [token for token, _ in counts.most_common(size)]
@@ -303,18 +342,37 @@ def shortlist(counts: Counter[int], size: int, vocab: int) -> torch.Tensor:
     return torch.tensor(sorted(ids[:size]), dtype=torch.long)
 
 
-def make_draft(name: str, seconds: float, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Cut the draft ``name`` from its target, train its exit for about ``seconds`` and store it."""
+def make_draft(
+    name: str,
+    seconds: float,
+    out: Path | None = None,
+    dataset: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Cut the draft ``name`` from its target, train its exit for about ``seconds`` and store it.
+
+    ``dataset``: a self-distillation dataset of the target (``ppd data``): the exit learns the target
+    on its own answers, what the draft guesses while decoding; without one, on Python-docs paragraphs
+    and standard-library code. The shortlist counts the tokens of both.
+    """
     spec = DRAFTS[name]
     target = load_model(spec.target, device="cpu", dtype="bfloat16")
-    texts = distillation_texts(target, 1200)
+    docs: list[DistillText] = [DistillText(ids) for ids in distillation_texts(target, 1200)]
+    if dataset is not None:
+        train_texts, held = dataset_texts(target, dataset)
+        counted = docs + train_texts
+    else:
+        held, train_texts = docs[:64], docs[64:]
+        counted = docs
     vocab = target.model.get_output_embeddings().weight.shape[0]
-    ids = shortlist(token_frequencies(target, texts), spec.shortlist, vocab)
+    ids = shortlist(token_frequencies(target, counted), spec.shortlist, vocab)
     draft = cut_draft(target, spec.layers, ids, name)
-    held, train_texts = texts[:64], texts[64:]
     record = train_exit(target, draft, train_texts, seconds, progress=progress)
     record.update(layers=spec.layers, shortlist=spec.shortlist, texts=len(train_texts), target=spec.target)
+    record["data"] = str(dataset) if dataset is not None else "python-docs, python-stdlib"
     record["heldout_top1_agreement"] = agreement(target, draft, held)
+    if dataset is not None:
+        record["docs_top1_agreement"] = agreement(target, draft, docs[:64])
     path = out or PACKAGED / f"{name}.safetensors"
     save_exit(draft, path, record)
     record["path"] = str(path)
@@ -322,13 +380,14 @@ def make_draft(name: str, seconds: float, out: Path | None = None, progress: boo
 
 
 @torch.inference_mode()
-def agreement(target: LoadedModel, draft: LoadedModel, texts: list[list[int]]) -> float:
-    """Share of positions where the draft's argmax equals the target's (teacher forcing)."""
+def agreement(target: LoadedModel, draft: LoadedModel, texts: Sequence[list[int] | DistillText]) -> float:
+    """Share of positions (from each text's ``first`` on) where the draft's argmax equals the
+    target's, with teacher forcing."""
     same = total = 0
-    for ids in texts:
-        tokens = torch.tensor([ids], device=target.device)
-        expected = target.model(input_ids=tokens).logits.argmax(-1)
-        got = draft.model(input_ids=tokens).logits.argmax(-1)
+    for text in map(_as_text, texts):
+        tokens = torch.tensor([text.ids], device=target.device)
+        expected = target.model(input_ids=tokens).logits[0, text.first :].argmax(-1)
+        got = draft.model(input_ids=tokens).logits[0, text.first :].argmax(-1)
         same += int((expected == got).sum())
-        total += len(ids)
+        total += len(expected)
     return same / max(total, 1)

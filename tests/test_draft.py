@@ -14,12 +14,13 @@ from typer.testing import CliRunner
 from ppdecode import draft_proposers, wrap
 from ppdecode.cli import app
 from ppdecode.config import GenerationConfig
-from ppdecode.draft_model import cut_draft, exit_of, resolve_draft, train_exit
+from ppdecode.draft_model import agreement, cut_draft, dataset_texts, exit_of, resolve_draft, train_exit
 from ppdecode.engine import Engine
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
 from ppdecode.proposers.draft import DraftProposer
 from ppdecode.request import DRAFT
+from ppdecode.train.data import DataConfig, build_dataset
 from ppdecode.tree.spec import load_tree
 from ppdecode.tune.resolve import resolve_trees
 from ppdecode.tune.store import draft_identity, save_profile
@@ -56,17 +57,34 @@ def _check(engine: Engine, reference: dict[str, list[int]], lookup: bool = True)
 
 
 def test_a_draft_alone_equals_vanilla(smollm_f32, cut, reference) -> None:
-    engine = Engine(smollm_f32, draft=DraftProposer(Engine(cut), adaptive=False))
+    engine = Engine(smollm_f32, draft=DraftProposer(Engine(cut), schedule="fixed"))
     tau = _check(engine, reference, lookup=False)
     assert tau > 1.0  # some draft tokens were accepted: the chain is verified, not skipped
 
 
 def test_the_target_as_its_own_draft_is_always_right(smollm_f32, reference) -> None:
     """A draft that is the target itself: every draft token is accepted (the rewind keeps its cache)."""
-    proposer = DraftProposer(Engine(smollm_f32), length=4, adaptive=False)
+    proposer = DraftProposer(Engine(smollm_f32), length=4, schedule="fixed")
     engine = Engine(smollm_f32, draft=proposer)
     tau = _check(engine, reference, lookup=False)
     assert tau > 4.0, tau  # four draft tokens and the bonus, short of EOS and the last step
+
+
+def test_a_fixed_schedule_drafts_the_same_length_and_an_adaptive_one_grows(smollm_f32, reference) -> None:
+    """With the target as its own draft every draft is accepted whole: a fixed draft of 2 commits 3
+    tokens a step, while the adaptive schedule lengthens the draft after each full acceptance."""
+    prompt = next(iter(reference))
+    config = GenerationConfig(max_new_tokens=TOKENS, lookup=False, ignore_eos=True)
+    steps = {}
+    for schedule in ("fixed", "adaptive"):
+        engine = Engine(smollm_f32, draft=DraftProposer(Engine(smollm_f32), length=2, schedule=schedule))
+        result = engine.generate(prompt, config)
+        assert result.token_ids[: len(reference[prompt])] == reference[prompt]
+        steps[schedule] = result.stats.accept_lengths
+    assert set(steps["fixed"][:-1]) == {3}, steps["fixed"]
+    assert max(steps["adaptive"]) > 3 and steps["adaptive"] == sorted(steps["adaptive"]), steps["adaptive"]
+    with pytest.raises(ValueError, match="unknown draft schedule 'sometimes': choose from adaptive, fixed"):
+        draft_proposers(smollm_f32, "default", schedule="sometimes")
 
 
 def test_draft_with_ppd_inside_the_hybrid_tree_equals_vanilla(smollm_f32, cut, reference) -> None:
@@ -96,7 +114,7 @@ def test_a_batch_with_a_draft_equals_vanilla_row_by_row(smollm_f32, cut, referen
 
 
 def test_draft_tokens_are_marked_in_the_stream(smollm_f32, reference) -> None:
-    engine = Engine(smollm_f32, draft=DraftProposer(Engine(smollm_f32), adaptive=False))
+    engine = Engine(smollm_f32, draft=DraftProposer(Engine(smollm_f32), schedule="fixed"))
     stream = engine.stream(next(iter(reference)), GenerationConfig(max_new_tokens=16, lookup=False))
     origins = [o for chunk in stream for o in chunk.origins]
     assert DRAFT in origins
@@ -153,6 +171,27 @@ def test_the_exit_learns_the_target_by_self_distillation(smollm_f32) -> None:
     assert record["steps"] >= 3
     assert record["loss_last"] < record["loss_first"]
     assert not torch.equal(exit_of(draft).proj.weight, before)
+
+
+def test_the_exit_learns_from_the_targets_own_answers(smollm_f32, tmp_path) -> None:
+    """`ppd make-draft --dataset`: a self-distillation dataset of the target gives sequences learnt from
+    the answer on (its first token is predicted at the prompt's last position), split as the dataset
+    is; the exit's KL on them falls, and agreement is counted on the answers alone."""
+    prompts = [f"Name {i} animals that live in the sea." for i in range(1, 7)]
+    files = tmp_path / "prompts.jsonl"
+    files.write_text("\n".join(json.dumps({"prompt": p}) for p in prompts))
+    config = DataConfig(files=(str(files),), max_new_tokens=12, cuts_per_sample=2, heldout_percent=40.0)
+    dataset = build_dataset(smollm_f32, config, tmp_path / "data.jsonl")
+    train, held = dataset_texts(smollm_f32, tmp_path / "data.jsonl")
+    assert len(train) + len(held) == len(dataset.samples) and train and held
+    answers = sorted(tuple(s.response_ids) for s in dataset.samples)
+    assert sorted(tuple(t.ids[t.first + 1 :]) for t in train + held) == answers
+    draft = cut_draft(smollm_f32, 8, torch.arange(8192), "cut-8-answers")
+    record = train_exit(smollm_f32, draft, train, seconds=8, batch_size=4, progress=False)
+    assert record["loss_last"] < record["loss_first"]
+    whole = [replace(t, first=0) for t in held]
+    assert agreement(smollm_f32, smollm_f32, held) == 1.0  # the target agrees with itself
+    assert agreement(smollm_f32, draft, held) != agreement(smollm_f32, draft, whole)  # answers only
 
 
 def test_tuning_with_a_draft_confirms_with_it_and_engines_with_that_draft_use_its_trees(

@@ -155,7 +155,7 @@ def test_lossless_sampling_with_a_draft_model(setup, smollm_f32: LoadedModel) ->
     """A draft model's greedy tokens (here the model drafting for itself, so most are likely) are
     deterministic candidates: verified by the rule of METHOD §3, sampling stays exact."""
     _, ids, dist = setup
-    engine = Engine(smollm_f32, draft=DraftProposer(Engine(smollm_f32), length=3, adaptive=False))
+    engine = Engine(smollm_f32, draft=DraftProposer(Engine(smollm_f32), length=3, schedule="fixed"))
     counts, accepted = sample_counts(engine, ids)
     assert accepted > SAMPLES // 4, "the draft's tokens should be accepted often, or the test proves little"
     p_value = chi_square_p_value(counts, dist, SAMPLES)

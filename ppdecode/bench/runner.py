@@ -38,7 +38,7 @@ from ppdecode.kernels import kernels_name, pack_linears, packed_copy
 from ppdecode.models import DEFAULT_MODEL, LoadedModel, load_model
 from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
 from ppdecode.proposers import LookupProposer, PromptTokenProposer
-from ppdecode.proposers.draft import DraftProposer
+from ppdecode.proposers.draft import DraftProposer, draft_schedule
 from ppdecode.tree.spec import DEFAULT_TREE, TreeSpec, load_tree
 from ppdecode.tune.resolve import AUTO, resolve_tree
 
@@ -82,6 +82,8 @@ class BenchConfig:
     trees: tuple[tuple[str, str], ...] = ()  # (name, path or packaged name)
     temperature: float = 0.0  # > 0 adds sampling variants of vanilla and PPD (lossless)
     draft_model: str | None = None
+    draft_length: int = 4  # our draft methods' draft length (where the adaptive schedule starts)
+    draft_schedule: str = "adaptive"
     prompt_lookup_num_tokens: int = 10
     repeat: int = 1
     warmup: int = 1
@@ -102,6 +104,9 @@ class BenchConfig:
             self.draft_model = "default"
         if "hf-assisted" in self.methods and not self.draft_model:
             raise ValueError("method hf-assisted needs a draft model: pass --draft-model")
+        draft_schedule(self.draft_schedule)
+        if self.draft_length < 1:
+            raise ValueError(f"--draft-length must be >= 1, got {self.draft_length}")
         if self.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if self.repeat < 1:
@@ -227,17 +232,20 @@ def draft_methods(
             draft_base, tokens, resolve_tree(draft_base, tokens, AUTO, allow_tune=False, progress=False)
         )
 
+    def proposer(ppd: bool) -> DraftProposer:
+        return DraftProposer(draft_engine(ppd), length=config.draft_length, schedule=config.draft_schedule)
+
     methods: list[Method] = []
     if "draft" in families:
-        engine = Engine(base, draft=DraftProposer(draft_engine(False)))
+        engine = Engine(base, draft=proposer(False))
         methods.append(EngineMethod("draft", engine, use_ppd=True, lookup=False))
     if "draft-ppd" in families:
-        engine = Engine(base, draft=DraftProposer(draft_engine(True)))
+        engine = Engine(base, draft=proposer(True))
         methods.append(EngineMethod("draft-ppd", engine, use_ppd=True, lookup=False))
     if "hybrid" in families:
         name = "tuned" if "tuned" in ppd_engines else "default"
         target = ppd_engines[name]
-        draft = DraftProposer(draft_engine(has_prompt_tokens(draft_base)))
+        draft = proposer(has_prompt_tokens(draft_base))
         engine = Engine(base, target.prompt_tokens, target.tree, draft=draft)
         methods.append(EngineMethod(f"hybrid:{name}", engine, use_ppd=True))
     return methods
@@ -283,6 +291,8 @@ def guesses_info(method: EngineMethod) -> dict[str, Any]:
             "model": draft.base.name,
             "ppd": draft.prompt_tokens is not None,
             "tree": spec_info(draft.tree) if draft.tree is not None else None,
+            "length": engine.draft.length,
+            "schedule": engine.draft.schedule.value,
         }
     return info
 

@@ -15,7 +15,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from ppdecode.commands.generate import DraftLengthOption, DraftScheduleOption
 from ppdecode.embedded import DEFAULT_MODEL
+from ppdecode.proposers.draft import DraftSchedule
 
 # Tables are wide: without a terminal (a log file, CI) rich would wrap them at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -80,8 +82,14 @@ def bench(
         float, typer.Option(help="> 0 adds lossless-sampling runs of vanilla and PPD.")
     ] = 0.0,
     draft_model: Annotated[
-        str | None, typer.Option(help="Draft model for transformers assisted generation.")
+        str | None,
+        typer.Option(
+            help="Draft model of the methods draft, draft-ppd, hybrid and hf-assisted ('default': the "
+            "model's demonstration draft)."
+        ),
     ] = None,
+    draft_length: DraftLengthOption = 4,
+    draft_schedule: DraftScheduleOption = DraftSchedule.ADAPTIVE,
     prompt_lookup_num_tokens: Annotated[int, typer.Option(help="Tokens proposed by prompt lookup.")] = 10,
     repeat: Annotated[int | None, typer.Option(help="Timed runs per method and question (median).")] = None,
     warmup: Annotated[int | None, typer.Option(help="Untimed warm-up rounds before timing.")] = None,
@@ -176,6 +184,8 @@ def bench(
         trees=_named_trees(tree),
         temperature=temperature,
         draft_model=draft_model,
+        draft_length=draft_length,
+        draft_schedule=draft_schedule.value,
         prompt_lookup_num_tokens=prompt_lookup_num_tokens,
         repeat=repeat if repeat is not None else int(preset["repeat"] or 1),
         warmup=warmup if warmup is not None else int(preset["warmup"] or 0),

@@ -15,10 +15,16 @@ def make_draft(
     out: Annotated[
         Path | None, typer.Option(help="Where to write it (default: the packaged file, replaced atomically).")
     ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            help="A self-distillation dataset of the target (`ppd data --model TARGET`): the exit learns "
+            "the target on its own answers. Default: Python docs and standard-library code."
+        ),
+    ] = None,
 ) -> None:
     """Cut the draft from its target (its first layers, sharing their weights), train its exit by
-    self-distillation on Python docs and standard-library code, and store it with its held-out
-    agreement with the target."""
+    self-distillation, and store it with its held-out agreement with the target."""
     from ppdecode.draft_model import DRAFTS
     from ppdecode.draft_model import make_draft as run
 
@@ -26,7 +32,7 @@ def make_draft(
         raise ValueError(f"unknown draft {name!r}: choose from {', '.join(DRAFTS)}")
     if minutes <= 0:
         raise ValueError(f"--minutes must be positive, got {minutes}")
-    record = run(name, 60 * minutes, out)
+    record = run(name, 60 * minutes, out, dataset)
     typer.echo(json.dumps(record))
 
 

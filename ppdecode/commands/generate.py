@@ -11,6 +11,7 @@ import typer
 
 from ppdecode.config import AcceptMode, GenerationConfig
 from ppdecode.embedded import DEFAULT_MODEL
+from ppdecode.proposers.draft import DraftSchedule
 
 # the draft model's options, shared by the commands that decode with one (generate, tune)
 DraftOption = Annotated[
@@ -25,7 +26,15 @@ DraftPpdOption = Annotated[
     bool, typer.Option("--draft-ppd", help="The draft writes its draft with PPD (its own prompt tokens).")
 ]
 DraftLengthOption = Annotated[
-    int, typer.Option(help="Draft tokens per step at first (adapted per row as drafts are accepted).")
+    int,
+    typer.Option(help="Draft tokens per step (where the adaptive schedule starts; every step when fixed)."),
+]
+DraftScheduleOption = Annotated[
+    DraftSchedule,
+    typer.Option(
+        help="adaptive: a row's draft grows by two after a draft accepted whole and shrinks by one "
+        "otherwise; fixed: --draft-length every step."
+    ),
 ]
 
 
@@ -74,6 +83,7 @@ def generate(
     draft: DraftOption = None,
     draft_ppd: DraftPpdOption = False,
     draft_length: DraftLengthOption = 4,
+    draft_schedule: DraftScheduleOption = DraftSchedule.ADAPTIVE,
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of streaming.")
@@ -118,6 +128,7 @@ def generate(
         draft=None if no_ppd else draft,
         draft_ppd=draft_ppd,
         draft_length=draft_length,
+        draft_schedule=draft_schedule.value,
     )
     if len(texts) == 1 and not as_json:
         stream = engine.stream(texts[0], config)

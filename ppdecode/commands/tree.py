@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ppdecode.commands.generate import DraftLengthOption, DraftPpdOption
+from ppdecode.commands.generate import DraftLengthOption, DraftPpdOption, DraftScheduleOption
 from ppdecode.embedded import DEFAULT_MODEL
+from ppdecode.proposers.draft import DraftSchedule
 
 if TYPE_CHECKING:
     from ppdecode.tree.spec import TreeSpec  # the tree package imports torch
@@ -118,6 +119,7 @@ def tune_command(
     ] = None,
     draft_ppd: DraftPpdOption = False,
     draft_length: DraftLengthOption = 4,
+    draft_schedule: DraftScheduleOption = DraftSchedule.ADAPTIVE,
     repeats: Annotated[int | None, typer.Option(help="Timed forwards per size (median).")] = None,
     cache_length: Annotated[int, typer.Option(help="Committed tokens under the profiled forwards.")] = 256,
     top_k: Annotated[int | None, typer.Option(help=TOP_K_HELP)] = None,
@@ -171,7 +173,9 @@ def tune_command(
     if repeats is not None:
         settings["repeats"] = repeats
     config = TuneConfig.quick_preset(**settings) if quick else TuneConfig(**settings)  # type: ignore[arg-type]
-    drafts = None if draft is None else draft_proposers(base, draft, draft_ppd, draft_length)
+    drafts = None
+    if draft is not None:
+        drafts = draft_proposers(base, draft, draft_ppd, draft_length, schedule=draft_schedule.value)
     profile = tune(
         base, tokens, table, config, log=lambda line: console.print(f"[dim]{line}[/dim]"), draft=drafts
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from ppdecode.config import GenerationConfig
@@ -25,6 +26,22 @@ from ppdecode.proposers.ppd import PromptTokenProposer
 
 if TYPE_CHECKING:
     from ppdecode.engine import Engine
+
+
+class DraftSchedule(str, Enum):
+    """How a row's draft length moves (``transformers``' ``num_assistant_tokens_schedule``)."""
+
+    ADAPTIVE = "adaptive"  # two longer after a draft accepted whole, one shorter otherwise
+    FIXED = "fixed"  # the same length every step (the paper's setting)
+
+
+def draft_schedule(value: DraftSchedule | str) -> DraftSchedule:
+    """The schedule ``value`` names; an unknown one is refused with the choices."""
+    try:
+        return DraftSchedule(value)
+    except ValueError:
+        choices = ", ".join(s.value for s in DraftSchedule)
+        raise ValueError(f"unknown draft schedule {value!r}: choose from {choices}") from None
 
 
 @dataclass
@@ -42,15 +59,15 @@ class DraftProposer:
         engine: Engine,
         inner: Proposer | None = None,
         length: int = 4,
-        adaptive: bool = True,
+        schedule: DraftSchedule | str = DraftSchedule.ADAPTIVE,
         max_draft: int = 12,
     ) -> None:
         if not 1 <= length <= max_draft:
             raise ValueError(f"need 1 <= draft length <= max_draft, got {length} and {max_draft}")
+        self.schedule = draft_schedule(schedule)
         self.engine = engine
         self.inner = inner or PromptTokenProposer()
         self.length = length
-        self.adaptive = adaptive
         self.max_draft = max_draft
         self._rows: dict[str, DraftRow] = {}  # target request id -> its draft
         self._config = GenerationConfig(
@@ -95,7 +112,7 @@ class DraftProposer:
 
     def accepted(self, request_id: str, history: list[int], accepted: int) -> None:
         draft = self._rows.get(request_id)
-        if draft is not None and self.adaptive:
+        if draft is not None and self.schedule is DraftSchedule.ADAPTIVE:
             grown = draft.length + 2 if accepted >= draft.length else draft.length - 1
             draft.length = max(1, min(self.max_draft, grown))
         self.inner.accepted(request_id, history, accepted)

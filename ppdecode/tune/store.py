@@ -117,13 +117,16 @@ class HardwareKey:
 def draft_identity(draft: DraftProposer | None) -> str:
     """The draft part of a proposer mix: the draft model's name and fingerprint, its own prompt tokens'
     identity when it writes with PPD, and its first draft length; "" without a draft."""
+    from ppdecode.proposers.draft import DraftSchedule
+
     if draft is None:
         return ""
     engine = draft.engine
     identity = f"{engine.base.name} {engine.base.fingerprint}"
     if engine.prompt_tokens is not None:
         identity += f" ppd {tokens_identity(engine.prompt_tokens)}"
-    return f"{identity} length {draft.length}"
+    fixed = " fixed" if draft.schedule is DraftSchedule.FIXED else ""  # adaptive: as keyed before
+    return f"{identity} length {draft.length}{fixed}"
 
 
 def current_key(base: LoadedModel, tokens: PromptTokens, draft: str = "") -> HardwareKey:
