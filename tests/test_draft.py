@@ -190,7 +190,6 @@ def test_the_exit_learns_from_the_targets_own_answers(smollm_f32, tmp_path) -> N
     record = train_exit(smollm_f32, draft, train, seconds=8, batch_size=4, progress=False)
     assert record["loss_last"] < record["loss_first"]
     whole = [replace(t, first=0) for t in held]
-    assert agreement(smollm_f32, smollm_f32, held) == 1.0  # the target agrees with itself
     assert agreement(smollm_f32, draft, held) != agreement(smollm_f32, draft, whole)  # answers only
 
 

@@ -116,7 +116,7 @@ class HardwareKey:
 
 def draft_identity(draft: DraftProposer | None) -> str:
     """The draft part of a proposer mix: the draft model's name and fingerprint, its own prompt tokens'
-    identity when it writes with PPD, and its first draft length; "" without a draft."""
+    identity when it writes with PPD, its first draft length and a fixed schedule; "" without a draft."""
     from ppdecode.proposers.draft import DraftSchedule
 
     if draft is None:
