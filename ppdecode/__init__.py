@@ -10,11 +10,14 @@ result = engine.generate("Write a haiku", temperature=0.0)
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ppdecode.embedded import DEFAULT_MODEL
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -213,4 +216,13 @@ def _engine(
     # a tree confirmed with this very draft in the mix (`ppd tune --draft`) is preferred where one is stored
     draft = draft_identity(engine_options.get("draft"))
     trees = resolve_trees(base, tokens, tree, allow_tune=tune, draft=draft)
+    if trees.get(1) is None:
+        logger.warning(
+            "no tree pays for one row with %s on this device (%s): %s; `ppd tune --confirm 3` measures "
+            "it again, `--tree FILE` forces a tree (docs/trees.md)",
+            base.name, str(base.dtype).removeprefix("torch."),
+            "the draft's tokens are verified alone" if draft else "decoding without guesses",
+        )
+        if draft:  # the draft asked for is used: its tokens alone, as a chain under the root
+            return Engine(base, **engine_options)
     return Engine(base, tokens, trees, **engine_options)

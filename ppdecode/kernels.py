@@ -66,13 +66,17 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
 
 
+def packs(dtype: torch.dtype) -> bool:
+    """Whether this CPU has packed kernels for ``dtype``: oneDNN, and for bf16 the instructions its bf16
+    kernels need (AVX-512 BW/VL/DQ or AVX-NE-CONVERT; with AVX2 alone a bf16 product stays stock)."""
+    if dtype not in PACKED_DTYPES or not torch.backends.mkldnn.is_available():
+        return False
+    return dtype != torch.bfloat16 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def can_pack(base: LoadedModel) -> bool:
     """Whether this model's device and dtype have packed kernels here (a CPU with oneDNN)."""
-    if base.device.type != "cpu" or base.dtype not in PACKED_DTYPES:
-        return False
-    if not torch.backends.mkldnn.is_available():
-        return False
-    return base.dtype != torch.bfloat16 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return base.device.type == "cpu" and packs(base.dtype)
 
 
 def is_packed(model: Any) -> bool:

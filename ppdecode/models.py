@@ -273,3 +273,28 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown cpu"
+
+
+# CPU features that decide which matrix kernels run, best first: a bf16 multi-row product is native with
+# AMX or AVX-512 BF16, and a row-by-row product on a CPU with AVX2 alone (20x the cost of a float32 one
+# there). Two CPUs of one model name (a cloud's "AMD EPYC") may differ in them.
+CPU_FEATURES = ("amx_bf16", "avx512_bf16", "avx512_fp16", "avx512f", "avx2", "asimd", "sve")
+
+
+def instruction_set(device: torch.device) -> str:
+    """What the kernels can use beside the device's name: the CUDA compute capability (``sm_90``), or
+    the CPU's matrix-relevant features from ``CPU_FEATURES`` joined by ``+`` (``avx512_bf16+avx512f``)."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"sm_{major}{minor}"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return str(torch.backends.cpu.get_cpu_capability()).lower()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    present = [feature for feature in CPU_FEATURES if feature in flags]
+    return "+".join(present) or str(torch.backends.cpu.get_cpu_capability()).lower()

@@ -223,6 +223,36 @@ def test_tuning_with_a_draft_confirms_with_it_and_engines_with_that_draft_use_it
     assert resolve_trees(smollm_f32, tokens, "auto", allow_tune=False, draft=identity) == profile.trees()
     with_draft = wrap(smollm_f32.model, smollm_f32.tokenizer, tokens, name=smollm_f32.name, tune=False,
                       draft=drafts())
-    assert with_draft.tree == profile.tree
+    # the profile's choice for one row: its tree, or none where the tree with the draft was measured
+    # slower than vanilla decoding
+    assert with_draft.tree == profile.trees()[1] and with_draft.tree in (profile.tree, None)
     without = wrap(smollm_f32.model, smollm_f32.tokenizer, tokens, name=smollm_f32.name, tune=False)
-    assert without.tree != profile.tree  # float32 has no tuned tree of its own here: the packaged one
+    # float32 has no tuned tree of its own here: the packaged one
+    assert without.tree is not None and without.tree != profile.tree
+
+
+def test_a_draft_asked_for_is_used_where_no_tree_pays(smollm_f32, tmp_path, monkeypatch) -> None:
+    """A profile that turned the prompt tokens' tree off for one row still honours ``draft=``: the draft's
+    tokens are verified alone, losslessly; without a draft the engine decodes vanilla."""
+    from ppdecode.tune.latency import LatencyProfile
+    from ppdecode.tune.store import HardwareProfile, current_key
+
+    monkeypatch.setenv("PPDECODE_CACHE", str(tmp_path))
+    tokens = default_prompt_tokens(smollm_f32)
+    latency = LatencyProfile((1, 8), (50.0, 400.0), 256, 1, 0.0, 0.0)
+    profile = HardwareProfile(
+        key=current_key(smollm_f32, tokens), latency=latency, rows=(), vanilla=None, predicted_budget=6,
+        chosen_budget=6, tree=load_tree("default"), quick=True, accuracy_source="test", tree_pays=False,
+    )
+    path = tmp_path / "off.json"
+    save_profile(profile, path)
+    model, tokenizer = smollm_f32.model, smollm_f32.tokenizer
+    alone = wrap(model, tokenizer, tokens, tree=path, name=smollm_f32.name, tune=False)
+    assert alone.trees == {1: None}
+    drafted = wrap(model, tokenizer, tokens, tree=path, name=smollm_f32.name, tune=False,
+                   draft=draft_proposers(smollm_f32, "default", tune=False, pack=False)())
+    assert drafted.prompt_tokens is None and drafted.draft is not None
+    config = GenerationConfig(max_new_tokens=16)
+    result = drafted.generate(PROMPTS[0], config)
+    assert result.token_ids == Engine(smollm_f32).generate(PROMPTS[0], config).token_ids
+    assert drafted.draft.draft_steps > 0

@@ -11,7 +11,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from ppdecode.attention import grouped_sdpa_forward, uses_grouped_attention
 from ppdecode.config import GenerationConfig
 from ppdecode.engine import Engine
-from ppdecode.kernels import PackedLinear, can_pack, is_packed, kernels_name, pack_linears, packed_copy
+from ppdecode.kernels import PackedLinear, can_pack, is_packed, kernels_name, pack_linears, packed_copy, packs
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import default_prompt_tokens
 from ppdecode.tree.spec import load_tree
@@ -20,6 +20,11 @@ from ppdecode.tune.store import HardwareKey, current_key
 from .helpers import PROMPTS
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+# bf16 is packed only where the CPU has oneDNN's bf16 instructions (not on one with AVX2 alone)
+PACKED = [
+    pytest.param(dtype, marks=pytest.mark.skipif(not packs(dtype), reason=f"no packed {dtype} kernels here"))
+    for dtype in (torch.float32, torch.bfloat16)
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,7 @@ def packed(smollm_f32: LoadedModel) -> LoadedModel:
     return packed_copy(smollm_f32)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", PACKED)
 def test_packed_linear_matches_nn_linear_and_is_batch_invariant(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     linear = nn.Linear(96, 160, bias=True).to(dtype)
@@ -43,13 +48,16 @@ def test_packed_linear_matches_nn_linear_and_is_batch_invariant(dtype: torch.dty
     assert torch.equal(alone, got)
 
 
+@pytest.mark.parametrize("dtype", PACKED)
 @pytest.mark.parametrize("shape", [(576, 1536), (1536, 576)])
-def test_a_lone_row_gets_the_same_result_as_in_a_call_of_many(shape: tuple[int, int]) -> None:
+def test_a_lone_row_gets_the_same_result_as_in_a_call_of_many(
+    shape: tuple[int, int], dtype: torch.dtype
+) -> None:
     # oneDNN's one-row kernel sums a long row (the MLP's down projection: 1536 inputs) in another order
     # than its many-row kernel; a lone row is fed as two, so decoding one token equals a tree step's row
     torch.manual_seed(0)
-    packed = PackedLinear(nn.Linear(*shape, bias=False).to(torch.bfloat16))
-    x = torch.randn(1, 12, shape[0], dtype=torch.bfloat16)
+    packed = PackedLinear(nn.Linear(*shape, bias=False).to(dtype))
+    x = torch.randn(1, 12, shape[0], dtype=dtype)
     with torch.inference_mode():
         many = packed(x)
         alone = torch.cat([packed(x[:, i : i + 1]) for i in range(12)], dim=1)

@@ -553,3 +553,92 @@ def test_a_shipped_tree_is_not_used_for_another_dtype(cache: Path, no_shipped: P
                        meta={**tree.meta, "tuned_for": other})
     shipped.save(no_shipped / f"{base.name}-cpu.json")
     assert resolve_tree(base, tokens, "auto", allow_tune=False) == load_tree("default")
+
+
+def test_a_shipped_tree_is_used_only_with_the_kernels_and_instruction_set_it_was_tuned_on(
+    cache: Path, no_shipped: Path
+) -> None:
+    # One CPU model name ("AMD EPYC") covers CPUs with AVX-512 BF16 and CPUs with AVX2 alone, where bf16
+    # cannot be packed and a step of n inputs costs n forwards: a tree tuned on one misleads on the other.
+    base, tokens = fake_base(), fake_tokens()
+    key = current_key(base, tokens)
+    tree = build_tree(ACC, 20)
+    path = no_shipped / f"{base.name}-cpu.json"
+
+    def ship(**tuned: Any) -> TreeSpec:
+        recorded = {k: v for k, v in {**key.to_dict(), **tuned}.items() if v is not None}
+        TreeSpec(tree.num_prompt_tokens, tree.top_k, tree.trees, tree.root_slots,
+                 meta={**tree.meta, "tuned_for": recorded}).save(path)
+        return resolve_tree(base, tokens, "auto", allow_tune=False)
+
+    assert key.kernels == "stock" and key.isa  # a 2x2 linear layer is not packed
+    assert ship().meta["budget"] == 20
+    assert ship(kernels="packed+grouped-attention") == load_tree("default")
+    assert ship(isa=f"not {key.isa}") == load_tree("default")
+    # a tree recorded before kernels and instruction sets were: tuned on the stock kernels, on any CPU
+    assert ship(kernels=None, isa=None).meta["budget"] == 20
+
+
+def test_a_profile_from_a_cpu_with_other_instruction_sets_is_ignored(cache: Path) -> None:
+    base, tokens = fake_base(), fake_tokens()
+    key = current_key(base, tokens)
+    save_profile(fake_profile(base, tokens, isa="other"), profile_path(key))
+    assert load_profile(key) is None
+    with pytest.raises(ValueError, match="isa 'other' \\(profile\\)"):
+        fake_profile(base, tokens, isa="other").check(key)
+
+
+def test_where_no_tree_pays_for_one_row_the_engine_decodes_vanilla(
+    cache: Path, no_shipped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A device where every further input costs a whole forward (bf16 on a CPU with AVX2 alone):
+    # the tuner turns the tree off for one row too, and says so wherever the choice travels.
+    from ppdecode.tune import tuner
+    from ppdecode.tune.resolve import resolve_trees
+
+    def costly(base: LoadedModel, tokens: object, sizes: list[int], *args: object) -> dict[int, float]:
+        batch = args[-1] if len(args) == 5 else 1
+        return {n: 50.0 * n * batch for n in sizes}
+
+    def decoding(base: LoadedModel, tokens: object, variants: dict[str, object], *args: object,
+                 **kwargs: object) -> dict[str, DecodeMeasurement]:
+        return {name: DecodeMeasurement(10, 10, 10, 0.5, 0.49) for name in variants}
+
+    monkeypatch.setattr(tuner, "measure_forward_latency", costly)
+    monkeypatch.setattr(tuner, "measure_decoding", decoding)
+    base, tokens = fake_base(), fake_tokens()
+    config = TuneConfig.quick_preset(budgets=(5, 8, 12), progress=False, batch_sizes=(1, 4))
+    lines: list[str] = []
+    profile = tuner.tune(base, tokens, ACC, config, log=lines.append)
+    assert not profile.tree_pays and profile.trees() == {1: None}  # and so for every batch size
+    assert not profile.batch  # not profiled: each input of a batch costs at least as much
+    assert any(line.startswith("one row: vanilla, no tree pays") for line in lines)
+    save_profile(profile)
+    stored = load_profile(current_key(base, tokens))
+    assert stored is not None and not stored.tree_pays and stored.tree == profile.tree
+    assert resolve_trees(base, tokens, "auto", allow_tune=False) == {1: None}
+    # shipped as a device type's tree, the choice for one row travels in its batch choices
+    shipped = profile.exported_tree()
+    assert shipped.meta["batch"] == {"1": None}
+    shipped.save(no_shipped / f"{base.name}-cpu.json")
+    profile_path(current_key(base, tokens)).unlink()
+    assert resolve_trees(base, tokens, "auto", allow_tune=False) == {1: None}
+    # where inputs are nearly free, the same tune keeps the tree
+    monkeypatch.setattr(tuner, "measure_forward_latency",
+                        lambda base, tokens, sizes, *args: {n: 20.0 + 0.1 * n for n in sizes})
+    assert tuner.tune(base, tokens, ACC, config).tree_pays
+
+
+def test_an_engine_whose_tree_is_off_for_one_row_decodes_as_vanilla(smollm_f32: LoadedModel) -> None:
+    from ppdecode.config import GenerationConfig
+    from ppdecode.engine import Engine
+    from ppdecode.prompt_tokens import default_prompt_tokens
+
+    tokens = default_prompt_tokens(smollm_f32)
+    config = GenerationConfig(max_new_tokens=12)
+    prompt = "Name three rivers of Europe."
+    off = Engine(smollm_f32, tokens, {1: None}).generate(prompt, config)
+    vanilla = Engine(smollm_f32).generate(prompt, config)
+    assert off.token_ids == vanilla.token_ids
+    # one token a step after the prefill's: no guesses were fed
+    assert off.stats.steps == vanilla.stats.steps == len(off.token_ids) - 1

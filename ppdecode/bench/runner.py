@@ -33,14 +33,14 @@ from ppdecode.bench.methods import EngineMethod, HFMethod, HFMode, Method, RunOu
 from ppdecode.bench.metrics import Record, first_difference, median, overhead, summarise
 from ppdecode.bench.prompts import BenchPrompt
 from ppdecode.draft_model import resolve_draft
-from ppdecode.engine import Engine
+from ppdecode.engine import Engine, TreeChoice
 from ppdecode.kernels import kernels_name, pack_linears, packed_copy
 from ppdecode.models import DEFAULT_MODEL, LoadedModel, load_model
 from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
 from ppdecode.proposers import LookupProposer, PromptTokenProposer
 from ppdecode.proposers.draft import DraftProposer, draft_schedule
 from ppdecode.tree.spec import DEFAULT_TREE, TreeSpec, load_tree
-from ppdecode.tune.resolve import AUTO, resolve_tree
+from ppdecode.tune.resolve import AUTO, resolve_tree, resolve_trees
 
 logger = logging.getLogger(__name__)
 
@@ -175,11 +175,12 @@ def build_methods(config: BenchConfig, base: LoadedModel) -> tuple[list[Method],
     if {"ppd", "ppd-plain", "hybrid"} & set(families):
         tokens = load_prompt_tokens(config.prompt_tokens, base)
         default = load_tree(config.tree)
-        trees: list[tuple[str, TreeSpec]] = [("default", default)]
-        # What `ppd generate` decodes with: the tree tuned for this device (a stored profile or the
-        # shipped tree), when there is one and it differs from the default. Never tuned here.
-        tuned = resolve_tree(base, tokens, AUTO, allow_tune=False, progress=False)
-        if tuned != default:
+        trees: list[tuple[str, TreeChoice]] = [("default", default)]
+        # What `ppd generate` decodes with: the trees tuned for this device (a stored profile or the
+        # shipped tree), when there are some and they differ from the default; none for one row where
+        # the profile found that no tree pays. Never tuned here.
+        tuned = resolve_trees(base, tokens, AUTO, allow_tune=False)
+        if tuned != {1: default}:
             trees.append(("tuned", tuned))
         trees += [(name, load_tree(path)) for name, path in config.trees]
         for name, spec in trees:

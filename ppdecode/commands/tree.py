@@ -202,6 +202,9 @@ def tune_command(
     console.print(result)
     console.print(f"chosen budget: {profile.chosen_budget} (predicted best: {profile.predicted_budget}); "
                   f"profile: {saved}")
+    if not profile.tree_pays:
+        console.print(f"[bold]no tree pays for one row on {profile.key.device_name} ({profile.key.isa}, "
+                      f"{profile.key.dtype}): engines decode without guesses here[/bold]")
     if profile.batch:
         batch = Table(title="tree per batch size (forwards of B rows x n inputs)")
         for column in ("active rows", "budget", "pred speed-up over vanilla", "vanilla ms/step"):

@@ -184,7 +184,7 @@ def _auto(
 
 def _tuned_tree(path: Path, key: HardwareKey) -> TreeSpec | None:
     """The tree at ``path`` (prepared or shipped for this model and device type), if it was tuned with
-    these prompt tokens and this dtype."""
+    these prompt tokens, this dtype and these kernels."""
     if not path.is_file():
         return None
     try:
@@ -201,11 +201,19 @@ def _tuned_tree(path: Path, key: HardwareKey) -> TreeSpec | None:
     ):
         logger.info("the tree %s was tuned with other prompt tokens; not using it", path)
         return None
-    if tuned.get("dtype") != key.dtype:
-        # multi-token forwards cost far more in float32 than in bf16 on a CPU: a tree tuned for one
-        # dtype is no guide for the other
-        logger.info("the tree %s was tuned for %s, not %s; not using it", path,
-                    tuned.get("dtype"), key.dtype)
+    # What a step of n inputs costs: multi-token forwards cost far more in float32 than in bf16 on a
+    # CPU with native bf16 kernels, and far more in bf16 than in float32 on one without (where the
+    # linear layers cannot be packed and a bf16 product runs row by row). A tree tuned with other
+    # kernels is no guide. A tree that records no kernels was tuned on the stock ones; one that records
+    # no instruction set is taken for any.
+    recorded = {"kernels": "stock", "isa": key.isa, **tuned}
+    mismatched = [
+        f"{field} {recorded.get(field)!r}, not {getattr(key, field)!r}"
+        for field in ("dtype", "kernels", "isa")
+        if recorded.get(field) != getattr(key, field)
+    ]
+    if mismatched:
+        logger.info("the tree %s was tuned for %s; not using it", path, ", ".join(mismatched))
         return None
     logger.info("tree: %s (tuned on %s, %s, %s threads)", path, tuned.get("device_name"),
                 tuned.get("dtype"), tuned.get("threads"))

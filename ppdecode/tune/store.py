@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ppdecode.kernels import kernels_name
-from ppdecode.models import LoadedModel, cache_dir, device_name
+from ppdecode.models import LoadedModel, cache_dir, device_name, instruction_set
 from ppdecode.prompt_tokens import CONFIG, WEIGHTS, PromptTokens
 from ppdecode.tree.spec import TreeSpec, write_json_atomic
 from ppdecode.tune.choice import Prediction
@@ -87,6 +87,7 @@ class HardwareKey:
     dtype: str  # "bfloat16", ...
     threads: int  # torch.get_num_threads()
     kernels: str = "stock"  # "stock", or "packed+grouped-attention" (ppdecode.kernels)
+    isa: str = ""  # ppdecode.models.instruction_set: one CPU model name may come with other kernels
     draft: str = ""  # the draft model in the proposer mix the trees were confirmed with ("" = none)
 
     def digest(self) -> str:
@@ -142,6 +143,7 @@ def current_key(base: LoadedModel, tokens: PromptTokens, draft: str = "") -> Har
         dtype=str(base.dtype).removeprefix("torch."),
         threads=torch.get_num_threads(),
         kernels=kernels_name(base),
+        isa=instruction_set(device),
         draft=draft,
     )
 
@@ -227,14 +229,19 @@ class HardwareProfile:
     accuracy_source: str
     created: str = ""
     batch: tuple[BatchChoice, ...] = ()  # the choice for larger batch sizes, ascending
+    tree_pays: bool = True  # False: no tree pays even for one active row, which decodes vanilla
 
     def trees(self) -> dict[int, TreeSpec | None]:
         """The tree per number of active rows (from that many on), for ``Engine(tree=...)``."""
-        return {1: self.tree, **{choice.batch: choice.tree for choice in self.batch}}
+        alone = self.tree if self.tree_pays else None
+        return {1: alone, **{choice.batch: choice.tree for choice in self.batch}}
 
     def exported_tree(self) -> TreeSpec:
-        """The chosen tree with the batch choices in its meta, to ship as a device type's tree."""
+        """The chosen tree with the batch choices in its meta, to ship as a device type's tree (where
+        no tree pays for one row, the choice for 1 says so)."""
         batch = {str(c.batch): None if c.tree is None else c.tree.to_dict() for c in self.batch}
+        if not self.tree_pays:
+            batch = {"1": None, **batch}
         return replace(self.tree, meta={**self.tree.meta, "batch": batch})
 
     def row(self, budget: int) -> BudgetRow:
@@ -264,6 +271,7 @@ class HardwareProfile:
             "budgets": [row.to_dict() for row in self.rows],
             "tree": self.tree.to_dict(),
             "batch": [choice.to_dict() for choice in self.batch],
+            "tree_pays": self.tree_pays,
         }
 
     @classmethod
@@ -289,6 +297,7 @@ class HardwareProfile:
                 accuracy_source=str(data.get("accuracy_source", "")),
                 created=str(data.get("created", "")),
                 batch=tuple(BatchChoice.from_dict(choice, source) for choice in data.get("batch", [])),
+                tree_pays=bool(data.get("tree_pays", True)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source} is corrupt ({err}); delete it and re-run `ppd tune`") from None

@@ -33,6 +33,7 @@ from ppdecode.tune.choice import (
     default_budgets,
     latency_sizes,
     predict_all,
+    tree_pays,
 )
 from ppdecode.tune.decode import DecodeMeasurement, held_out_prompts, measure_decoding
 from ppdecode.tune.latency import LatencyProfile, measure_forward_latency
@@ -51,7 +52,6 @@ from ppdecode.tune.store import (
 logger = logging.getLogger(__name__)
 
 VANILLA = "vanilla"
-BATCH_MARGIN = 1.10  # predicted speed-up a tree needs over vanilla to be chosen for a batch size
 
 
 @dataclass(frozen=True)
@@ -211,6 +211,16 @@ def tune(
         vanilla = results[VANILLA]
         measured = {b: results[str(b)] for b in chosen_few}
     chosen = choose_confirmed(predicted, {b: m.tokens_per_s for b, m in measured.items()})
+    predicted_speedup = next(p.speedup for p in predictions if p.budget == chosen)
+    confirmed = measured.get(chosen)
+    measured_speedup = None
+    if confirmed is not None and vanilla is not None and vanilla.tokens_per_s > 0:
+        measured_speedup = confirmed.tokens_per_s / vanilla.tokens_per_s
+    pays = tree_pays(predicted_speedup, measured_speedup)
+    if not pays:
+        how = "predicted" if measured_speedup is None else "measured"
+        say(f"one row: vanilla, no tree pays on {key.device_name} ({key.isa}, {key.dtype}): budget {chosen} "
+            f"{how} at {measured_speedup or predicted_speedup:.2f}x over vanilla; so for every batch size")
 
     tree = family[budgets.index(chosen)]
     tree = TreeSpec(
@@ -220,14 +230,16 @@ def tune(
     rows = tuple(
         BudgetRow(p, o.input_sizes, measured.get(p.budget)) for p, o in zip(predictions, options, strict=True)
     )
+    # a tree that does not pay for one row does not pay for more, where each of its inputs costs more
     batch = tuple(
         _batch_choice(base, tokens, options, family, sizes, latency, size, config, say)
         for size in sorted(set(config.batch_sizes) - {1})
+        if pays
     )
     return HardwareProfile(
         key=key, latency=latency, rows=rows, vanilla=vanilla, predicted_budget=predicted,
         chosen_budget=chosen, tree=tree, quick=config.quick, accuracy_source=accuracy.source, created=now(),
-        batch=batch,
+        batch=batch, tree_pays=pays,
     )
 
 
@@ -268,15 +280,9 @@ def choose_for_batch(
     batch: int, options: list[BudgetOption], family: list[TreeSpec], latency: LatencyProfile
 ) -> BatchChoice:
     """The budget with the best predicted throughput on this batch's latency, or vanilla (budget 0)
-    where no tree is predicted clearly faster than decoding one token per row.
-
-    Clearly: by more than ``BATCH_MARGIN``. Measured τ runs 6-10 % below the expected τ of the accuracy
-    table (docs/trees.md), and a batch step pays for padding to its widest row, so a tree predicted
-    only slightly faster is slower in practice (measured here: budget 8 at B = 2, predicted 1.08x,
-    decoded at 0.92x of vanilla).
-    """
+    where no tree is predicted clearly faster (``tree_pays``) than decoding one token per row."""
     best = best_predicted(predict_all(options, latency))
-    if best.speedup <= BATCH_MARGIN:
+    if not tree_pays(best.speedup):
         return BatchChoice(batch, latency, 0, best.speedup, None)
     tree = family[[o.budget for o in options].index(best.budget)]
     return BatchChoice(batch, latency, best.budget, best.speedup, tree)
