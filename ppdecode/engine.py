@@ -439,6 +439,7 @@ class Engine:
             self.cache.commit(first_row + b, plan.start + len(plan.prefix), [0, *verdict.accepted])
             request.stats.forward_s += elapsed
             request.stats.draft_tokens += plan.buffers.num_nodes
+            request.stats.chain_steps += plan.buffers.chain_length > 0
             request.stats.count_accepted(len(verdict.accepted))
             request.chain_room = next_chain_room(request, plan, len(verdict.accepted))
             request.root, request.ranked = verdict.bonus, row_verdict.ranked

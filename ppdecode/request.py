@@ -40,6 +40,7 @@ class GenerationStats:
     accept_lengths: list[int] = field(default_factory=list)  # τ of each step
     draft_tokens: int = 0  # candidate tokens verified (proposed), the prefill's included
     accepted_per_position: list[int] = field(default_factory=list)  # accepted guesses at depth 1, 2, ...
+    chain_steps: int = 0  # steps that verified a chain of copied or drafted tokens past the tree
     queued_s: float = 0.0  # from the request's arrival to the start of its prefill
     prefill_s: float = 0.0
     total_s: float = 0.0  # from the start of the prefill to the last token

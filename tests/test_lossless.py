@@ -69,6 +69,9 @@ def test_prompt_lookup_is_lossless_and_copies_repeated_text(
     assert with_lookup.stats.tau > plain.stats.tau
     assert with_chain.stats.tau > with_lookup.stats.tau
     assert ppd.tree is not None and max(with_chain.stats.accept_lengths) > ppd.tree.num_prompt_tokens + 1
+    # steps that verified a chain past the tree are counted (what the tuner prices them by)
+    assert 0 < with_chain.stats.chain_steps < with_chain.stats.steps
+    assert with_lookup.stats.chain_steps == plain.stats.chain_steps == 0
 
 
 LONG_COPY = (

@@ -198,6 +198,41 @@ def test_choice_follows_the_latency_curve(profile: LatencyProfile, expected: int
     assert best_few(predictions, 2)[0] == expected
 
 
+def tile_profile(chain_share: float = 0.0, chain_inputs: int = 0) -> LatencyProfile:
+    """A matrix unit's tiles of 16 rows: up to 16 inputs cost what one does, the 17th a tile more."""
+    sizes = tuple(range(1, 65))
+    latencies = tuple(40.0 + 15.0 * ((n - 1) // 16) for n in sizes)
+    return LatencyProfile(sizes, latencies, 256, 1, chain_share=chain_share, chain_inputs=chain_inputs)
+
+
+def test_a_chain_past_the_tree_is_priced_at_the_step_it_fills() -> None:
+    option = OPTIONS[BUDGETS.index(16)]
+    plain = predict(option, tile_profile())
+    assert plain.step_ms == pytest.approx(40.0)  # every step of the 16-input tree fits one tile
+    chained = predict(option, tile_profile(chain_share=0.25, chain_inputs=4))
+    # a quarter of the steps carry 4 copied tokens past the largest step: 20 inputs, two tiles
+    assert chained.step_ms == pytest.approx(0.75 * 40.0 + 0.25 * 55.0)
+    assert chained.expected_tau == plain.expected_tau
+    profile = tile_profile(chain_share=0.25, chain_inputs=4)
+    assert LatencyProfile.from_dict(profile.to_dict()) == profile
+    with pytest.raises(ValueError, match="chain_share"):
+        tile_profile(chain_share=1.5)
+
+
+@pytest.mark.parametrize(
+    ("chain_share", "expected"),
+    [
+        (0.0, 16),  # no chains: the largest tree that fits one tile
+        (0.3, 12),  # chains add 4 inputs: the largest tree whose chained step still fits the tile
+    ],
+)
+def test_the_choice_leaves_room_for_the_chain(chain_share: float, expected: int) -> None:
+    budgets = list(range(5, 17))
+    options = [BudgetOption.of(spec) for spec in build_tree_family(ACC, budgets)]
+    predictions = predict_all(options, tile_profile(chain_share, chain_inputs=4))
+    assert best_predicted(predictions).budget == expected
+
+
 def test_expected_tau_grows_with_budget() -> None:
     taus = [option.expected_tau for option in OPTIONS]
     assert taus == sorted(taus)
@@ -240,6 +275,10 @@ def test_sizes_to_profile() -> None:
     assert full[0] == 1 and set(full) >= {n for option in OPTIONS for n in option.input_sizes}
     quick = latency_sizes(OPTIONS, quick=True)
     assert quick[0] == 1 and quick[-1] == max(full) and len(quick) <= 9
+    # a step with a chain past the largest tree step is profiled too
+    chained = latency_sizes(OPTIONS, quick=False, chain_inputs=4)
+    assert set(chained) - set(full) == {max(option.input_sizes) + 4 for option in OPTIONS} - set(full)
+    assert max(chained) == max(full) + 4
     assert default_budgets("cpu", 3)[0] == 5 and default_budgets("cpu", 3)[-1] == 48
     assert max(default_budgets("cuda", 3)) > 200
 
@@ -253,6 +292,9 @@ def test_decode_measurement_sums_and_rates() -> None:
     assert total.tokens_per_s == pytest.approx(31.0)
     assert total.overhead_ms_per_step == pytest.approx(5.0)
     assert DecodeMeasurement.from_dict(total.to_dict()) == total
+    chained = DecodeMeasurement(10, 17, 16, 0.5, 0.45, chain_steps=3)
+    assert (chained + a).chain_share == pytest.approx(0.15)
+    assert DecodeMeasurement.from_dict(chained.to_dict()) == chained
     assert len(held_out_prompts(6)) == 6
     with pytest.raises(ValueError, match="held-out prompts"):
         held_out_prompts(0)
@@ -642,3 +684,34 @@ def test_an_engine_whose_tree_is_off_for_one_row_decodes_as_vanilla(smollm_f32: 
     assert off.token_ids == vanilla.token_ids
     # one token a step after the prefill's: no guesses were fed
     assert off.stats.steps == vanilla.stats.steps == len(off.token_ids) - 1
+
+
+def test_a_batch_takes_no_larger_tree_than_a_smaller_batch(
+    cache: Path, no_shipped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A noisy profile of two rows that makes inputs look free must not give two rows a larger tree than
+    # one row has; once a batch size decodes vanilla, larger ones are not profiled and decode vanilla too.
+    from ppdecode.tune import tuner
+
+    per_input = {1: 0.6, 2: 0.0, 4: 30.0, 8: 0.0}
+    profiled: list[int] = []
+
+    def latency(base: LoadedModel, tokens: object, sizes: list[int], *args: object) -> dict[int, float]:
+        batch = int(str(args[-1])) if len(args) == 5 else 1
+        profiled.append(batch)
+        return {n: 30.0 + per_input[batch] * n for n in sizes}
+
+    def decoding(base: LoadedModel, tokens: object, variants: dict[str, object], *args: object,
+                 **kwargs: object) -> dict[str, DecodeMeasurement]:
+        return {name: DecodeMeasurement(10, 10, 10, 0.5, 0.49) for name in variants}
+
+    monkeypatch.setattr(tuner, "measure_forward_latency", latency)
+    monkeypatch.setattr(tuner, "measure_decoding", decoding)
+    base, tokens = fake_base(), fake_tokens()
+    config = TuneConfig.quick_preset(budgets=tuple(BUDGETS), progress=False, batch_sizes=(1, 2, 4, 8))
+    profile = tuner.tune(base, tokens, ACC, config)
+    assert profile.chosen_budget < max(BUDGETS)  # one row: inputs cost, a mid-size tree
+    two, four = profile.batch
+    assert two.budget == profile.chosen_budget  # free inputs at B = 2, but no larger than for one row
+    assert four.tree is None and profiled == [1, 2, 4]  # B = 8 is not profiled
+    assert profile.trees() == {1: profile.tree, 2: two.tree, 4: None}

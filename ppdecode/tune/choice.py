@@ -80,7 +80,7 @@ class BudgetOption:
 class Prediction:
     budget: int
     expected_tau: float
-    step_ms: float  # expected time of one step, Σ_d π_d step_ms(n_d)
+    step_ms: float  # expected time of one step, Σ_d π_d step_ms(n_d), chains included (LatencyProfile)
     tokens_per_s: float
     speedup: float  # over vanilla decoding on the same profile
 
@@ -99,7 +99,7 @@ def vanilla_tokens_per_s(latency: LatencyProfile) -> float:
 
 
 def predict(option: BudgetOption, latency: LatencyProfile) -> Prediction:
-    step_ms = sum(p * latency.step_ms(n) for p, n in zip(option.depth_share, option.input_sizes, strict=True))
+    step_ms = latency.tree_step_ms(option.input_sizes, option.depth_share)
     rate = 1000.0 * option.expected_tau / step_ms
     return Prediction(option.budget, option.expected_tau, step_ms, rate, rate / vanilla_tokens_per_s(latency))
 
@@ -179,9 +179,15 @@ def default_budgets(device_type: str, num_prompt_tokens: int) -> list[int]:
     return sorted({*range(start, 33), *range(40, 129, 8), *range(160, 321, 32)})
 
 
-def latency_sizes(options: Sequence[BudgetOption], quick: bool, points: int = 8) -> list[int]:
-    """Input sizes to profile: every size the family uses, or (quick) about ``points`` spread over them."""
-    needed = sorted({n for option in options for n in option.input_sizes} | {1})
+def latency_sizes(
+    options: Sequence[BudgetOption], quick: bool, points: int = 8, chain_inputs: int = 0
+) -> list[int]:
+    """Input sizes to profile: every size the family uses (with a step that carries a chain of
+    ``chain_inputs`` past the largest), or (quick) about ``points`` spread over them."""
+    steps = {n for option in options for n in option.input_sizes}
+    if chain_inputs:
+        steps |= {max(option.input_sizes) + chain_inputs for option in options}
+    needed = sorted(steps | {1})
     if not quick or len(needed) <= points + 1:
         return needed
     low, high = needed[1], needed[-1]

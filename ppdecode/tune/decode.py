@@ -55,10 +55,16 @@ class DecodeMeasurement:
     tokens: int  # new tokens they delivered (less than ``committed`` where max_new_tokens cut a step)
     decode_s: float  # wall time of those steps
     forward_s: float  # of which inside the model's forward
+    chain_steps: int = 0  # of the steps, those that verified a chain past the tree (prompt lookup, a draft)
 
     @property
     def tau(self) -> float:
         return self.committed / self.steps if self.steps else 0.0
+
+    @property
+    def chain_share(self) -> float:
+        """Share of the steps that carried a chain past the tree."""
+        return self.chain_steps / self.steps if self.steps else 0.0
 
     @property
     def ms_per_step(self) -> float:
@@ -80,6 +86,7 @@ class DecodeMeasurement:
             self.tokens + other.tokens,
             self.decode_s + other.decode_s,
             self.forward_s + other.forward_s,
+            self.chain_steps + other.chain_steps,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,6 +96,7 @@ class DecodeMeasurement:
             "tokens": self.tokens,
             "decode_s": round(self.decode_s, 6),
             "forward_s": round(self.forward_s, 6),
+            "chain_steps": self.chain_steps,
             "tau": round(self.tau, 4),
             "ms_per_step": round(self.ms_per_step, 4),
             "tokens_per_s": round(self.tokens_per_s, 4),
@@ -98,7 +106,7 @@ class DecodeMeasurement:
     def from_dict(cls, data: Mapping[str, Any]) -> DecodeMeasurement:
         return cls(
             int(data["steps"]), int(data["committed"]), int(data["tokens"]),
-            float(data["decode_s"]), float(data["forward_s"]),
+            float(data["decode_s"]), float(data["forward_s"]), int(data.get("chain_steps", 0)),
         )
 
 
@@ -154,6 +162,7 @@ def _one(
         tokens=max(0, stats.new_tokens - 1),  # the prefill yields the first token, the steps the rest
         decode_s=decode_s,
         forward_s=decode_s * (1.0 - stats.overhead_share),
+        chain_steps=stats.chain_steps,
     )
 
 

@@ -7,13 +7,15 @@ shape is synthetic: a root carrying min(N, n − 1) prompt slots plus a star of 
 which has exactly n inputs. The mask's contents do not change the cost of a dense attention kernel; its
 size does.
 
-Sizes are measured round-robin (every size once per round, rounds repeated) so that a burst of load from
-another process spreads over all sizes instead of distorting one, and each size keeps the median.
+Sizes are measured round-robin (every size once per round, in a fresh order each round, rounds repeated)
+so that a burst of load from another process, or a slower clock after the largest forwards, spreads over
+all sizes instead of distorting one, and each size keeps the median.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import statistics
 import time
 from collections.abc import Sequence
@@ -43,7 +45,10 @@ class LatencyProfile:
     ``forward_ms[i]`` is the median forward latency of ``sizes[i]`` inputs on top of ``cache_length``
     committed rows. The overheads are the decode loop's time per step outside the forward (candidates,
     embeddings, verification, commit), measured by decoding: ``step_overhead_ms`` with a tree,
-    ``vanilla_overhead_ms`` without one.
+    ``vanilla_overhead_ms`` without one. With prompt lookup in the mix, a share ``chain_share`` of the
+    tree steps (measured by the same decoding) carries a chain that fills the step to the tree's largest
+    step plus ``chain_inputs`` (the planner's room): where a few more inputs cross a step in the latency
+    curve (a matrix unit's tile of 16 rows, say), that decides between neighbouring budgets.
     """
 
     sizes: tuple[int, ...]
@@ -52,6 +57,8 @@ class LatencyProfile:
     repeats: int
     step_overhead_ms: float = 0.0
     vanilla_overhead_ms: float = 0.0
+    chain_share: float = 0.0  # share of tree steps with a chain past the tree (for a batch: any row's)
+    chain_inputs: int = 0  # inputs such a chain adds to the tree's largest step
 
     def __post_init__(self) -> None:
         if not self.sizes or len(self.sizes) != len(self.forward_ms):
@@ -60,6 +67,11 @@ class LatencyProfile:
             raise ValueError(f"latency profile: sizes must be increasing and >= 1, got {list(self.sizes)}")
         if any(not ms > 0 for ms in self.forward_ms):
             raise ValueError(f"latency profile: latencies must be > 0 ms, got {list(self.forward_ms)}")
+        if not 0.0 <= self.chain_share <= 1.0 or self.chain_inputs < 0:
+            raise ValueError(
+                f"latency profile: chain_share must be in [0, 1] and chain_inputs >= 0, got "
+                f"{self.chain_share}, {self.chain_inputs}"
+            )
 
     @property
     def smoothed_ms(self) -> tuple[float, ...]:
@@ -84,6 +96,16 @@ class LatencyProfile:
             return self.forward_at(1) + self.vanilla_overhead_ms
         return self.forward_at(n) + self.step_overhead_ms
 
+    def tree_step_ms(self, inputs: Sequence[int], shares: Sequence[float]) -> float:
+        """Expected time of one step of a tree whose step at depth d has ``inputs[d]`` inputs and comes
+        a share ``shares[d]`` of the time; a share ``chain_share`` of the steps carries a chain instead,
+        which fills the step to the largest plus ``chain_inputs``."""
+        plain = sum(p * self.step_ms(n) for p, n in zip(shares, inputs, strict=True))
+        if not self.chain_share:
+            return plain
+        chained = self.step_ms(max(inputs) + self.chain_inputs)
+        return (1.0 - self.chain_share) * plain + self.chain_share * chained
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "sizes": list(self.sizes),
@@ -92,6 +114,8 @@ class LatencyProfile:
             "repeats": self.repeats,
             "step_overhead_ms": round(self.step_overhead_ms, 4),
             "vanilla_overhead_ms": round(self.vanilla_overhead_ms, 4),
+            "chain_share": round(self.chain_share, 4),
+            "chain_inputs": self.chain_inputs,
         }
 
     @classmethod
@@ -103,6 +127,8 @@ class LatencyProfile:
             repeats=int(data["repeats"]),
             step_overhead_ms=float(data.get("step_overhead_ms", 0.0)),
             vanilla_overhead_ms=float(data.get("vanilla_overhead_ms", 0.0)),
+            chain_share=float(data.get("chain_share", 0.0)),
+            chain_inputs=int(data.get("chain_inputs", 0)),
         )
 
 
@@ -191,7 +217,10 @@ def measure_forward_latency(
     desc = f"forward latency (batch {batch})"
     with tqdm(total=rounds * len(sizes), desc=desc, unit="fwd", disable=not progress) as bar:
         for round_ in range(rounds):
-            for n, inputs in probes.items():
+            # a fresh order each round: what a forward leaves behind (a slower clock after a large
+            # matrix-unit step, say) must not fall on the sizes that follow the largest every time
+            for n in random.Random(round_).sample(sizes, len(sizes)):
+                inputs = probes[n]
                 start = time.perf_counter()
                 # written past the committed rows, never committed; the output layer as verification runs it
                 hidden = run_forward(base, inputs, cache)

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ppdecode.config import GenerationConfig
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens, packaged_tokens_path
 from ppdecode.proposers.draft import DraftProposer
@@ -174,7 +175,9 @@ def tune(
     family = build_tree_family(accuracy, budgets, top_k=config.top_k)
     options = [BudgetOption.of(spec, tokens.ensemble) for spec in family]
 
-    sizes = latency_sizes(options, config.quick)
+    # with prompt lookup, a step may carry a chain past the tree (the planner's room, lookup_chain inputs)
+    chain_inputs = GenerationConfig().lookup_chain if config.lookup else 0
+    sizes = latency_sizes(options, config.quick, chain_inputs=chain_inputs)
     say(f"profiling the forward at {len(sizes)} input sizes on {key.device_name} ({key.dtype}, "
         f"{key.threads} threads) over a {config.cache_length}-token cache")
     medians = measure_forward_latency(
@@ -183,7 +186,7 @@ def tune(
     mid = family[len(family) // 2]
     overhead = measure_decoding(
         base, tokens, {VANILLA: None, "tree": mid}, held_out_prompts(1), config.overhead_tokens,
-        config.progress,
+        config.progress, lookup=config.lookup,
     )
     latency = LatencyProfile(
         sizes=tuple(sorted(medians)),
@@ -192,6 +195,8 @@ def tune(
         repeats=config.repeats,
         step_overhead_ms=overhead["tree"].overhead_ms_per_step,
         vanilla_overhead_ms=overhead[VANILLA].overhead_ms_per_step,
+        chain_share=overhead["tree"].chain_share,
+        chain_inputs=chain_inputs,
     )
     predictions = predict_all(options, latency)
     predicted = best_predicted(predictions).budget
@@ -230,16 +235,26 @@ def tune(
     rows = tuple(
         BudgetRow(p, o.input_sizes, measured.get(p.budget)) for p, o in zip(predictions, options, strict=True)
     )
-    # a tree that does not pay for one row does not pay for more, where each of its inputs costs more
-    batch = tuple(
-        _batch_choice(base, tokens, options, family, sizes, latency, size, config, say)
-        for size in sorted(set(config.batch_sizes) - {1})
-        if pays
-    )
+    # A tree that does not pay for one row does not pay for more, where each of its inputs costs more;
+    # so a batch takes no larger tree than a smaller batch does (a noisy profile must not grow it), and
+    # from the first batch size that decodes vanilla on, every larger one does.
+    batch: list[BatchChoice] = []
+    cap = chosen if pays else 0
+    for size in sorted(set(config.batch_sizes) - {1}):
+        if not cap:
+            break
+        kept = [i for i, option in enumerate(options) if option.budget <= cap]
+        kept_options = [options[i] for i in kept]
+        choice = _batch_choice(
+            base, tokens, kept_options, [family[i] for i in kept],
+            latency_sizes(kept_options, config.quick, chain_inputs=chain_inputs), latency, size, config, say,
+        )
+        batch.append(choice)
+        cap = choice.budget
     return HardwareProfile(
         key=key, latency=latency, rows=rows, vanilla=vanilla, predicted_budget=predicted,
         chosen_budget=chosen, tree=tree, quick=config.quick, accuracy_source=accuracy.source, created=now(),
-        batch=batch, tree_pays=pays,
+        batch=tuple(batch), tree_pays=pays,
     )
 
 
@@ -266,6 +281,9 @@ def _batch_choice(
         # the loop's work outside the forward is per row
         step_overhead_ms=single.step_overhead_ms * batch,
         vanilla_overhead_ms=single.vanilla_overhead_ms * batch,
+        # a batch step is as wide as its widest row: one row's chain widens every row's step
+        chain_share=1.0 - (1.0 - single.chain_share) ** batch,
+        chain_inputs=single.chain_inputs,
     )
     choice = choose_for_batch(batch, options, family, latency)
     say(
