@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -630,6 +631,27 @@ def test_a_profile_from_a_cpu_with_other_instruction_sets_is_ignored(cache: Path
         fake_profile(base, tokens, isa="other").check(key)
 
 
+def measure_as(monkeypatch: pytest.MonkeyPatch, forward_ms: Callable[[int, int], float]) -> list[int]:
+    """Stand-ins for the tuner's measurements: a forward of B rows × n inputs takes forward_ms(B, n), and
+    decoding measures every variant alike. Returns the batch sizes profiled, in order."""
+    from ppdecode.tune import tuner
+
+    profiled: list[int] = []
+
+    def latency(base: LoadedModel, tokens: object, sizes: list[int], *args: object) -> dict[int, float]:
+        batch = int(str(args[-1])) if len(args) == 5 else 1  # (..., progress, batch) for a batch
+        profiled.append(batch)
+        return {n: forward_ms(batch, n) for n in sizes}
+
+    def decoding(base: LoadedModel, tokens: object, variants: dict[str, object], *args: object,
+                 **kwargs: object) -> dict[str, DecodeMeasurement]:
+        return {name: DecodeMeasurement(10, 10, 10, 0.5, 0.49) for name in variants}
+
+    monkeypatch.setattr(tuner, "measure_forward_latency", latency)
+    monkeypatch.setattr(tuner, "measure_decoding", decoding)
+    return profiled
+
+
 def test_where_no_tree_pays_for_one_row_the_engine_decodes_vanilla(
     cache: Path, no_shipped: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -638,16 +660,7 @@ def test_where_no_tree_pays_for_one_row_the_engine_decodes_vanilla(
     from ppdecode.tune import tuner
     from ppdecode.tune.resolve import resolve_trees
 
-    def costly(base: LoadedModel, tokens: object, sizes: list[int], *args: object) -> dict[int, float]:
-        batch = args[-1] if len(args) == 5 else 1
-        return {n: 50.0 * n * batch for n in sizes}
-
-    def decoding(base: LoadedModel, tokens: object, variants: dict[str, object], *args: object,
-                 **kwargs: object) -> dict[str, DecodeMeasurement]:
-        return {name: DecodeMeasurement(10, 10, 10, 0.5, 0.49) for name in variants}
-
-    monkeypatch.setattr(tuner, "measure_forward_latency", costly)
-    monkeypatch.setattr(tuner, "measure_decoding", decoding)
+    measure_as(monkeypatch, lambda batch, n: 50.0 * n * batch)
     base, tokens = fake_base(), fake_tokens()
     config = TuneConfig.quick_preset(budgets=(5, 8, 12), progress=False, batch_sizes=(1, 4))
     lines: list[str] = []
@@ -666,8 +679,7 @@ def test_where_no_tree_pays_for_one_row_the_engine_decodes_vanilla(
     profile_path(current_key(base, tokens)).unlink()
     assert resolve_trees(base, tokens, "auto", allow_tune=False) == {1: None}
     # where inputs are nearly free, the same tune keeps the tree
-    monkeypatch.setattr(tuner, "measure_forward_latency",
-                        lambda base, tokens, sizes, *args: {n: 20.0 + 0.1 * n for n in sizes})
+    measure_as(monkeypatch, lambda batch, n: 20.0 + 0.1 * n)
     assert tuner.tune(base, tokens, ACC, config).tree_pays
 
 
@@ -694,19 +706,7 @@ def test_a_batch_takes_no_larger_tree_than_a_smaller_batch(
     from ppdecode.tune import tuner
 
     per_input = {1: 0.6, 2: 0.0, 4: 30.0, 8: 0.0}
-    profiled: list[int] = []
-
-    def latency(base: LoadedModel, tokens: object, sizes: list[int], *args: object) -> dict[int, float]:
-        batch = int(str(args[-1])) if len(args) == 5 else 1
-        profiled.append(batch)
-        return {n: 30.0 + per_input[batch] * n for n in sizes}
-
-    def decoding(base: LoadedModel, tokens: object, variants: dict[str, object], *args: object,
-                 **kwargs: object) -> dict[str, DecodeMeasurement]:
-        return {name: DecodeMeasurement(10, 10, 10, 0.5, 0.49) for name in variants}
-
-    monkeypatch.setattr(tuner, "measure_forward_latency", latency)
-    monkeypatch.setattr(tuner, "measure_decoding", decoding)
+    profiled = measure_as(monkeypatch, lambda batch, n: 30.0 + per_input[batch] * n)
     base, tokens = fake_base(), fake_tokens()
     config = TuneConfig.quick_preset(budgets=tuple(BUDGETS), progress=False, batch_sizes=(1, 2, 4, 8))
     profile = tuner.tune(base, tokens, ACC, config)
