@@ -184,7 +184,7 @@ def _auto(
 
 def _tuned_tree(path: Path, key: HardwareKey) -> TreeSpec | None:
     """The tree at ``path`` (prepared or shipped for this model and device type), if it was tuned with
-    these prompt tokens, this dtype and these kernels."""
+    these prompt tokens, this dtype, these kernels and (where it records one) this instruction set."""
     if not path.is_file():
         return None
     try:
