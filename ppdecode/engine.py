@@ -25,9 +25,18 @@ import torch
 from ppdecode.cache import KVCache, bytes_per_token
 from ppdecode.config import GenerationConfig
 from ppdecode.models import LoadedModel
-from ppdecode.planner import MAX_STEP_INPUTS, VANILLA, VANILLA_TREE, next_chain_room, plan_row, reach
+from ppdecode.planner import (
+    COPY_STEPS,
+    MAX_STEP_INPUTS,
+    VANILLA,
+    VANILLA_TREE,
+    TreeUse,
+    next_chain_room,
+    plan_row,
+    reach,
+)
 from ppdecode.prompt_tokens import PromptTokens
-from ppdecode.proposers import MODEL, LookupProposer, PromptTokenProposer, Proposal, Proposer, RowContext
+from ppdecode.proposers import MODEL, PPD, LookupProposer, PromptTokenProposer, Proposal, Proposer, RowContext
 from ppdecode.proposers.draft import DraftProposer
 from ppdecode.request import (
     GenerationResult,
@@ -308,7 +317,8 @@ class Engine:
         if rid in self._requests:
             raise ValueError(f"request id {rid!r} is already in use")
         eos = set() if config.ignore_eos else set(self.base.eos_token_ids)
-        request = Request(rid, list(input_ids), config, self.tokenizer, eos)
+        tree_use = TreeUse.expecting(self.trees.get(1))
+        request = Request(rid, list(input_ids), config, self.tokenizer, eos, tree_use)
         self._requests[rid] = request
         self._waiting.append(request)
         return rid
@@ -397,8 +407,9 @@ class Engine:
             request.prefilled += len(chunk)
             request.stats.forward_s += time.perf_counter() - timer
             return len(chunk), None
-        plan = self._plan([request], self._trees(len(self._running) + 1), tuple(rest[:-1]))[0]
-        committed = self._forward_and_commit([request], [plan], row)[0]
+        trees = self._trees(len(self._running) + 1)
+        plan = self._plan([request], trees, tuple(rest[:-1]))[0]
+        committed = self._forward_and_commit([request], [plan], row, trees)[0]
         request.prefilled = len(request.prompt)
         request.stats.prefill_s = time.perf_counter() - request.started
         request.stats.prefill_forward_s = request.stats.forward_s
@@ -409,7 +420,7 @@ class Engine:
         rows = self._running
         trees = self._trees(len(rows))
         plans = self._plan(rows, trees)  # 1. propose
-        committed = self._forward_and_commit(rows, plans, 0)  # 2-4. forward, verify, commit
+        committed = self._forward_and_commit(rows, plans, 0, trees)  # 2-4. forward, verify, commit
         outputs: list[RequestOutput] = []
         for request, (tokens, origins) in zip(list(rows), committed, strict=True):
             request.stats.steps += 1
@@ -417,9 +428,11 @@ class Engine:
         return outputs
 
     def _forward_and_commit(
-        self, rows: list[Request], plans: list[RowPlan], first_row: int
+        self, rows: list[Request], plans: list[RowPlan], first_row: int, trees: TreeSteps | None
     ) -> list[tuple[list[int], list[str]]]:
-        """Forward, verify and commit one step; per row the committed tokens and who guessed each."""
+        """Forward, verify and commit one step (of ``trees``); per row the committed tokens and who
+        guessed each."""
+        step_ratio = None if trees is None else trees.step_ratio
         timer = time.perf_counter()
         inputs = build_inputs(self.base, self.prompt_tokens, plans, first_row)
         hidden = run_forward(self.base, inputs, self.cache)  # [B, C, H]
@@ -440,11 +453,17 @@ class Engine:
             request.stats.forward_s += elapsed
             request.stats.draft_tokens += plan.buffers.num_nodes
             request.stats.chain_steps += plan.buffers.chain_length > 0
+            request.stats.rest_steps += request.tree_use.resting
             request.stats.count_accepted(len(verdict.accepted))
             request.chain_room = next_chain_room(request, plan, len(verdict.accepted))
             request.root, request.ranked = verdict.bonus, row_verdict.ranked
             request.pending = ()
             origins = [plan.origins[i] for i in verdict.accepted] + [MODEL]
+            request.tree_use.after_step(
+                step_ratio, PPD in plan.origins, origins.count(PPD), len(verdict.accepted) + 1
+            )
+            if request.tree_use.resting:
+                request.ranked = None  # a resting row's steps are root-only: no candidates to fill
             committed.append(([*verdict.accepted_tokens, verdict.bonus], origins))
         return committed
 
@@ -522,7 +541,10 @@ class Engine:
         a decoding row feeds what a rewind left pending in front of its root.
         """
         proposals: list[Proposal | None] = [None] * len(requests)
-        wheres = [reach(request, trees) for request in requests]
+        # a row resting its tree takes root-only steps, with a chain where its proposer continues
+        row_trees = [COPY_STEPS if trees is not None and r.tree_use.resting else trees for r in requests]
+        fill = None if trees is None else trees.max_inputs
+        wheres = [reach(request, steps, fill) for request, steps in zip(requests, row_trees, strict=True)]
         asks: dict[int, tuple[Proposer, list[int], list[RowContext]]] = {}
         for i, (request, where) in enumerate(zip(requests, wheres, strict=True)):
             if where is not None:
@@ -534,9 +556,9 @@ class Engine:
             for i, made in zip(rows, proposer.propose(contexts), strict=True):
                 proposals[i] = made
         plans = []
-        for request, where, proposal in zip(requests, wheres, proposals, strict=True):
+        for request, steps, where, proposal in zip(requests, row_trees, wheres, proposals, strict=True):
             prefilling = bool(prefix) or not request.decoding
             start = request.prefilled if prefilling else self.cache.lengths[self._row_of(request)]
             front = prefix if prefilling else request.pending
-            plans.append(plan_row(request, trees, where, proposal, start, self.max_length, front))
+            plans.append(plan_row(request, steps, where, proposal, start, self.max_length, front))
         return plans

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ppdecode.config import GenerationConfig
+from ppdecode.planner import TreeUse
 from ppdecode.proposers import DRAFT, LOOKUP, MODEL, PPD, Ranked
 from ppdecode.text import TextStream
 
@@ -41,6 +42,7 @@ class GenerationStats:
     draft_tokens: int = 0  # candidate tokens verified (proposed), the prefill's included
     accepted_per_position: list[int] = field(default_factory=list)  # accepted guesses at depth 1, 2, ...
     chain_steps: int = 0  # steps that verified a chain of copied or drafted tokens past the tree
+    rest_steps: int = 0  # steps decoded root-only because the row's tree did not pay (TreeUse)
     queued_s: float = 0.0  # from the request's arrival to the start of its prefill
     prefill_s: float = 0.0
     total_s: float = 0.0  # from the start of the prefill to the last token
@@ -129,7 +131,13 @@ class Request:
     """One sequence being decoded: the prompt, its settings, and what has been committed so far."""
 
     def __init__(
-        self, request_id: str, prompt: list[int], config: GenerationConfig, tokenizer: Any, eos: set[int]
+        self,
+        request_id: str,
+        prompt: list[int],
+        config: GenerationConfig,
+        tokenizer: Any,
+        eos: set[int],
+        tree_use: TreeUse | None = None,
     ) -> None:
         self.request_id = request_id
         self.prompt = prompt
@@ -147,6 +155,7 @@ class Request:
         self.ranked: Ranked | None = None  # the prompt tokens' candidates for the next step
         self.pending: tuple[int, ...] = ()  # tokens to feed in front of the root (after a rewind)
         self.chain_room = config.lookup_chain  # inputs this row's chain may add; grows while accepted
+        self.tree_use = tree_use or TreeUse.expecting(None)  # whether its tree pays, or rests
         self.finish: str | None = None
         self.cancelled = False
         self.arrived = time.perf_counter()

@@ -185,6 +185,8 @@ class TreeSteps:
         self.rank0_reach = [rank0_reach(spec, depth) for depth in depths]  # how deep rank 0 goes
         self.max_inputs = max(b.num_inputs for b in self.by_depth)  # the largest step of the tree
         self._chains: dict[tuple[int, int, int], TreeBuffers] = {}  # (depth, chain_at, length)
+        ratio = spec.meta.get("step_ratio")  # a step's cost over a root-only step here, where tuned
+        self.step_ratio: float | None = None if ratio is None else float(ratio)
 
     def buffers(self, depth: int, chain_at: int = 0, chain_length: int = 0) -> TreeBuffers:
         if not chain_length:

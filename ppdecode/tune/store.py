@@ -232,9 +232,20 @@ class HardwareProfile:
     tree_pays: bool = True  # False: no tree pays even for one active row, which decodes vanilla
 
     def trees(self) -> dict[int, TreeSpec | None]:
-        """The tree per number of active rows (from that many on), for ``Engine(tree=...)``."""
-        alone = self.tree if self.tree_pays else None
-        return {1: alone, **{choice.batch: choice.tree for choice in self.batch}}
+        """The tree per number of active rows (from that many on), for ``Engine(tree=...)``, each with
+        what its step costs here over a root-only step (meta ``step_ratio``: a row whose guesses do not
+        earn that much rests its tree, ``planner.TreeUse``)."""
+        alone = self._priced(self.tree, self.latency, self.chosen_budget) if self.tree_pays else None
+        batch = {c.batch: c.tree and self._priced(c.tree, c.latency, c.budget) for c in self.batch}
+        return {1: alone, **batch}
+
+    def _priced(self, tree: TreeSpec, latency: LatencyProfile, budget: int) -> TreeSpec:
+        shares = tree.meta.get("depth_share")
+        if shares is None or all(row.budget != budget for row in self.rows):
+            return tree
+        plain = replace(latency, chain_share=0.0)  # the tree's own inputs: a copy costs both the same
+        ratio = plain.tree_step_ms(self.row(budget).input_sizes, shares) / plain.step_ms(1)
+        return replace(tree, meta={**tree.meta, "step_ratio": round(ratio, 4)})
 
     def exported_tree(self) -> TreeSpec:
         """The chosen tree with the batch choices in its meta, to ship as a device type's tree (where
