@@ -4,6 +4,7 @@ with prompt tokens of its own (draft + PPD). Greedy output equals vanilla greedy
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 
@@ -20,7 +21,7 @@ from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
 from ppdecode.proposers.draft import DraftProposer
 from ppdecode.request import DRAFT
-from ppdecode.train.data import DataConfig, build_dataset
+from ppdecode.train.data import DataConfig, build_dataset, load_dataset
 from ppdecode.tree.spec import load_tree
 from ppdecode.tune.resolve import resolve_trees
 from ppdecode.tune.store import draft_identity, save_profile
@@ -256,3 +257,38 @@ def test_a_draft_asked_for_is_used_where_no_tree_pays(smollm_f32, tmp_path, monk
     result = drafted.generate(PROMPTS[0], config)
     assert result.token_ids == Engine(smollm_f32).generate(PROMPTS[0], config).token_ids
     assert drafted.draft.draft_steps > 0
+
+
+def test_a_drafts_dataset_holds_its_targets_answers(smollm_f32, cut, tmp_path) -> None:
+    """`ppd data --model DRAFT --writer TARGET`: the target writes the answers (the text the draft
+    continues inside speculative decoding) and the dataset is the draft's to train on; a writer with
+    another tokenizer is refused."""
+    prompts = [f"Name {i} fruits that are red." for i in range(1, 5)]
+    files = tmp_path / "prompts.jsonl"
+    files.write_text("\n".join(json.dumps({"prompt": p}) for p in prompts))
+    config = DataConfig(files=(str(files),), max_new_tokens=10, cuts_per_sample=2, heldout_percent=0.0)
+    own = build_dataset(cut, config, tmp_path / "own.jsonl")
+    written = build_dataset(cut, config, tmp_path / "written.jsonl", writer=smollm_f32)
+    target = build_dataset(smollm_f32, config, tmp_path / "target.jsonl")
+    assert [s.response_ids for s in written.samples] == [s.response_ids for s in target.samples]
+    assert [s.response_ids for s in written.samples] != [s.response_ids for s in own.samples]
+    assert written.header["fingerprint"] == cut.fingerprint and written.header["writer"] == smollm_f32.name
+    assert len(load_dataset(tmp_path / "written.jsonl", cut, 3).samples) == len(prompts)
+    with pytest.raises(ValueError, match="was built for base model"):
+        load_dataset(tmp_path / "written.jsonl", smollm_f32, 3)
+    other = copy.deepcopy(smollm_f32.tokenizer)
+    other.add_tokens(["<not-in-the-draft>"])
+    with pytest.raises(ValueError, match="another tokenizer"):
+        build_dataset(cut, config, tmp_path / "refused.jsonl", writer=replace(smollm_f32, tokenizer=other))
+    assert not (tmp_path / "refused.jsonl").exists()
+
+    # the command line: the named draft is cut from the writer, its target
+    out = tmp_path / "cli.jsonl"
+    args = ["data", str(out), "--file", str(files), "--model", "smollm2-135m-draft", "--writer",
+            smollm_f32.name, "--max-new-tokens", "6", "--cuts", "1", "--heldout-percent", "0",
+            "--dtype", "float32"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    header = load_dataset(out).header
+    assert header["base_model"] == "smollm2-135m-draft" and header["writer"] == smollm_f32.name
+    assert [s.response_ids for s in load_dataset(out).samples] == [s.response_ids[:6] for s in target.samples]

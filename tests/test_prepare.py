@@ -249,3 +249,22 @@ def test_prepare_resumes_registers_and_is_found_by_generate(
     trees = resolve_trees(engine.base, engine.prompt_tokens, "auto", allow_tune=False)
     assert trees[1] == prepared_tree and set(trees) == {1}  # the quick tune chose for one row only
     assert not list(profiles_dir().glob("*.json"))  # nothing was tuned
+
+
+def test_prepare_for_a_draft_trains_on_its_targets_answers(cache: Path, tmp_path: Path) -> None:
+    """`ppd prepare --model DRAFT --writer TARGET`: the target answers the data's prompts (the text a
+    draft continues inside speculative decoding) and the draft's prompt tokens train on them."""
+    from ppdecode.prepare.stages import WorkDir
+    from ppdecode.train.data import load_dataset
+
+    work = WorkDir(tmp_path / "draft")
+    args = ["prepare", "--model", "smollm2-135m-draft", "--writer", MODEL, "--out", str(work.root),
+            "--no-register", "--json", "--prompts", "8", "--steps", "2", "--max-new-tokens", "24",
+            "--max-prompt-tokens", "48", "--time-budget", "3m"]
+    summary = json.loads(_invoke(args).splitlines()[-1])
+    assert summary["training"]["steps"] == 2 and summary["registered"] is None
+    header = load_dataset(work.data).header
+    assert header["base_model"] == "smollm2-135m-draft" and header["writer"] == MODEL
+    assert json.loads(work.stages.read_text())["data"]["settings"]["writer"][0] == MODEL
+    config = json.loads((work.tokens / "config.json").read_text())
+    assert config["base_model"] == "smollm2-135m-draft" and config["record"]["dataset"]["writer"] == MODEL

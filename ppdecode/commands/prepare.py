@@ -87,6 +87,13 @@ def prepare_command(
     model: Annotated[
         str, typer.Option(help="Embedded model name, HF model directory or .gguf file.")
     ] = DEFAULT_MODEL,
+    writer: Annotated[
+        str | None,
+        typer.Option(
+            help="Model that writes the data's answers (default: MODEL itself). For a draft model, its "
+            "target: inside speculative decoding the draft continues the target's text."
+        ),
+    ] = None,
     time_budget: Annotated[
         str, typer.Option(help="Wall time to spend: 90s, 45m, 2h, 1h30m (a plain number is minutes).")
     ] = "60m",
@@ -133,6 +140,7 @@ def prepare_command(
     logging.getLogger("ppdecode").setLevel(logging.WARNING)
     config = PrepareConfig(
         model=model,
+        writer=writer,
         time_budget_s=parse_duration(time_budget),
         out=None if out is None else str(out),
         device=device,

@@ -40,6 +40,13 @@ def data(
     model: Annotated[
         str, typer.Option(help="Base model (embedded name, HF directory or .gguf).")
     ] = DEFAULT_MODEL,
+    writer: Annotated[
+        str | None,
+        typer.Option(
+            help="Model that writes the answers (default: the base model). For a draft's prompt tokens, "
+            "its target: inside speculative decoding the draft continues the target's text."
+        ),
+    ] = None,
     num_prompt_tokens: Annotated[
         int, typer.Option("--num-prompt-tokens", "-n", help="N the data is for.")
     ] = 3,
@@ -63,6 +70,7 @@ def data(
     ] = False,
 ) -> None:
     """Build a self-distillation dataset: the base model answers the prompts greedily."""
+    from ppdecode.draft_model import resolve_draft
     from ppdecode.models import load_model
     from ppdecode.train.data import DataConfig, build_dataset
 
@@ -79,8 +87,12 @@ def data(
         skip_bad=skip_bad,
         docs_dir=docs_dir,
     )
-    base = load_model(model, device=device, dtype=dtype)
-    dataset = build_dataset(base, config, output)
+    if writer is None:
+        base = author = load_model(model, device=device, dtype=dtype)
+    else:
+        author = load_model(writer, device=device, dtype=dtype)
+        base = resolve_draft(author, model)  # shares the writer's layers when cut from it
+    dataset = build_dataset(base, config, output, writer=author)
     speed = dataset.header["generation"]["answers"]
     typer.echo(
         f"{output}: {dataset.header['num_train']} train + {dataset.header['num_heldout']} held-out samples, "

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ppdecode.draft_model import resolve_draft
 from ppdecode.embedded import DEFAULT_MODEL
 from ppdecode.kernels import packed_copy
 from ppdecode.models import LoadedModel, cache_dir, load_model
@@ -55,6 +56,7 @@ class PrepareConfig:
     """What ``ppd prepare`` was asked for; the plan derives every size from it."""
 
     model: str = DEFAULT_MODEL
+    writer: str | None = None  # the model that writes the data's answers (None: the model itself)
     time_budget_s: float = 3600.0
     out: str | None = None  # work folder (default: cache_dir()/prepare/<fingerprint>/<name>)
     device: str = "auto"
@@ -108,8 +110,10 @@ class _Run:
         on_event: Callable[[StageEvent], None],
         on_train_step: Callable[[int, float], None] | None,
         started: float,
+        writer: LoadedModel | None = None,
     ) -> None:
         self.config, self.base, self.work = config, base, work
+        self.writer = writer or base  # who answers the data's prompts
         self.on_train_step = on_train_step
         self.log = StageLog(work, on_event)
         self.dtype = str(base.dtype).removeprefix("torch.")
@@ -183,12 +187,13 @@ class _Run:
             docs_dir=config.docs_dir,
         )
         settings = {"data": asdict(data_config), "files": {str(f): file_digest(f) for f in files},
-                    "fingerprint": self.base.fingerprint, "dtype": self.dtype}
+                    "fingerprint": self.base.fingerprint, "dtype": self.dtype,
+                    "writer": [self.writer.name, self.writer.fingerprint]}
 
         def body(previous: dict[str, Any]) -> str:
             if files:
                 self._write_file_prompts(files, plan.prompts)
-            dataset = build_dataset(self.base, data_config, self.work.data)
+            dataset = build_dataset(self.base, data_config, self.work.data, writer=self.writer)
             header = dataset.header
             if not header["num_heldout"] or not header["num_train"]:
                 raise ValueError(
@@ -348,11 +353,15 @@ def prepare(
     loss)`` is called after every optimiser step.
     """
     started = time.perf_counter()
+    writer = None
+    if config.writer is not None:  # a draft's data: its target writes the text the draft continues
+        writer = load_model(config.writer, device=config.device, dtype=config.dtype)
+        base = base or resolve_draft(writer, config.model)
     base = base or load_model(config.model, device=config.device, dtype=config.dtype)
     checks.check_model(base)
     work = WorkDir(Path(config.out) if config.out else default_work_dir(base))
     work.root.mkdir(parents=True, exist_ok=True)
-    run = _Run(config, base, work, on_event or _log_event, on_train_step, started)
+    run = _Run(config, base, work, on_event or _log_event, on_train_step, started, writer)
     plan = run.plan_stage()
     run.data_stage(plan)
     run.train_stage(plan)

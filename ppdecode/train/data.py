@@ -240,15 +240,28 @@ def build_dataset(
     config: DataConfig,
     output: str | Path,
     on_progress: Callable[[str], None] | None = None,
+    writer: LoadedModel | None = None,
 ) -> Dataset:
-    """Collect prompts, let the base model answer them greedily, draw cuts, write ``output`` atomically."""
+    """Collect prompts, let the writer (the base model unless given) answer them greedily, draw cuts,
+    write ``output`` atomically.
+
+    A writer other than the base model suits a draft's prompt tokens: inside speculative decoding
+    the draft continues its target's text, so its target writes the answers, while the teacher in
+    training stays the base model's own forward over them. The writer must share the base model's
+    tokenizer."""
+    writer = writer or base
+    if writer is not base and writer.tokenizer.get_vocab() != base.tokenizer.get_vocab():
+        raise ValueError(
+            f"the writer {writer.name} has another tokenizer than {base.name}: its answers would be other "
+            "token ids; pick a writer of the same family"
+        )
     rng = random.Random(config.seed)
-    prompts, stats = collect_prompts(base, config, rng)
+    prompts, stats = collect_prompts(writer, config, rng)
     if not prompts:
         raise ValueError("the prompt sources gave no prompts")
-    encoded = [encode_prompt(base, p.text, config.max_prompt_tokens) for p in prompts]
+    encoded = [encode_prompt(writer, p.text, config.max_prompt_tokens) for p in prompts]
     answers, speed = batched_generate(
-        base, encoded, config.max_new_tokens, config.batch_size, desc="answering"
+        writer, encoded, config.max_new_tokens, config.batch_size, desc="answering"
     )
     samples, dropped = [], 0
     for prompt, ids, answer in zip(prompts, encoded, answers, strict=True):
@@ -268,6 +281,7 @@ def build_dataset(
         "version": VERSION,
         "base_model": base.name,
         "fingerprint": base.fingerprint,
+        "writer": writer.name,
         "num_prompt_tokens": config.num_prompt_tokens,
         "dtype": str(base.dtype).removeprefix("torch."),
         "config": asdict(config),

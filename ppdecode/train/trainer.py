@@ -332,6 +332,7 @@ def train(
             k: dataset.header.get(k)
             for k in (
                 "base_model",
+                "writer",
                 "num_prompt_tokens",
                 "sources",
                 "num_train",
