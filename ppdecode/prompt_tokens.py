@@ -79,15 +79,14 @@ SLOT_DELTAS = "ppd_slot_deltas"  # the forward keyword that carries deep prompt 
 class SlotDeltas:
     """Layer vectors to add at one forward's slot inputs (transformers passes it down to every layer)."""
 
-    deltas: torch.Tensor  # [N, layers, H] the prompt tokens' per-layer vectors
+    deltas: torch.Tensor  # [S, layers, H] the per-layer vectors of each slot input's prompt token
     positions: torch.Tensor  # [S] input position of each slot input
-    prompt_index: torch.Tensor  # [S] its prompt token, 0..N-1
     rows: torch.Tensor | None  # [S] its batch row; None: the same slots in every row
 
     def add(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """hidden [B, T, H] -> the same with the vectors of ``layer`` added at the slot inputs."""
         b, t, h = hidden.shape
-        delta = self.deltas[self.prompt_index, layer].to(hidden.dtype)  # [S, H]
+        delta = self.deltas[:, layer].to(hidden.dtype)  # [S, H]
         if self.rows is None:
             return hidden.index_add(1, self.positions, delta.unsqueeze(0).expand(b, -1, -1))
         flat = self.rows * t + self.positions  # [S]
@@ -184,16 +183,22 @@ class PromptTokens(nn.Module):
             install_layer_hooks(model)
 
     def forward_kwargs(
-        self, positions: torch.Tensor, prompt_index: torch.Tensor, rows: torch.Tensor | None = None
+        self,
+        positions: torch.Tensor,
+        prompt_index: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
     ) -> dict[str, Any]:
         """Keyword arguments of a forward that adds the layer vectors at the slot inputs ({} if not deep).
 
         positions, prompt_index: [S] input position and prompt token (0..N-1) of each slot input;
-        rows: [S] batch row of each, or None to apply them to every row of the batch.
+        rows: [S] batch row of each, or None to apply them to every row of the batch. The vectors are
+        gathered (and cast to ``dtype``, the forward's, where given) once for all layers.
         """
         if self.layer_deltas is None or positions.numel() == 0:
             return {}
-        return {SLOT_DELTAS: SlotDeltas(self.layer_deltas, positions, prompt_index, rows)}
+        deltas = self.layer_deltas[prompt_index]  # [S, layers, H]
+        return {SLOT_DELTAS: SlotDeltas(deltas if dtype is None else deltas.to(dtype), positions, rows)}
 
     # ---- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:

@@ -146,7 +146,7 @@ def build_inputs(
         embeds[rows, columns] = prompt_tokens.slot_embeddings(
             prompt_index, torch.cat(slot_member).to(device), embeds.dtype
         )
-        extra = prompt_tokens.forward_kwargs(columns, prompt_index, rows)
+        extra = prompt_tokens.forward_kwargs(columns, prompt_index, rows, embeds.dtype)
     # one token on a full row: causal attention needs no mask (a sliding window always does)
     plain = b == 1 and width == 1 and sliding_window(base) is None
     mask = None if plain else additive_mask(base, _attend(plans, width, key_length), positions)
