@@ -263,6 +263,7 @@ def test_prepare_for_a_draft_trains_on_its_targets_answers(cache: Path, tmp_path
             "--max-prompt-tokens", "48", "--time-budget", "3m"]
     summary = json.loads(_invoke(args).splitlines()[-1])
     assert summary["training"]["steps"] == 2 and summary["registered"] is None
+    assert summary["data"]["writer"] == MODEL
     header = load_dataset(work.data).header
     assert header["base_model"] == "smollm2-135m-draft" and header["writer"] == MODEL
     assert json.loads(work.stages.read_text())["data"]["settings"]["writer"][0] == MODEL

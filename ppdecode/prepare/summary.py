@@ -38,6 +38,7 @@ def summarize(
             "heldout_prompts": dataset_header.get("num_heldout"),
             "answer_tokens": dataset_header.get("response_tokens"),
             "sources": dataset_header.get("sources"),
+            "writer": dataset_header.get("writer", base.name),  # the model that answered the prompts
         },
         "training": {
             "steps": train_record.get("steps"),
