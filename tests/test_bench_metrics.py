@@ -9,11 +9,14 @@ import pytest
 from ppdecode.bench.methods import _accept_lengths
 from ppdecode.bench.metrics import (
     OVERALL,
+    SAME_TEXT,
     Record,
     first_difference,
+    group_order,
     histogram,
     median,
     overhead,
+    same_text_questions,
     speedup,
     summarise,
     tau,
@@ -105,7 +108,7 @@ def test_summarise_groups_and_pooled_tau() -> None:
         rec("hf", "q2", 10, 1.0, "y", accept_lengths=None, steps=6, equal=True),
     ]
     groups = summarise(records, "base")
-    assert list(groups) == ["x", "y", OVERALL]
+    assert list(groups) == ["x", "y", OVERALL, SAME_TEXT]  # ppd wrote another text on q2
     assert list(groups[OVERALL]) == ["base", "ppd", "hf"]
     x = groups["x"]["ppd"]
     assert (x.questions, x.new_tokens, x.tau, x.steps) == (1, 10, 3.0, 3)
@@ -120,6 +123,36 @@ def test_summarise_groups_and_pooled_tau() -> None:
     assert groups[OVERALL]["hf"].tau is None  # unknown τ stays unknown
     assert groups[OVERALL]["base"].equal_rate is None  # never compared
     assert groups[OVERALL]["base"].speedup_total == pytest.approx(1.0)
+
+
+def test_same_text_compares_methods_on_the_questions_where_they_wrote_the_same_answer() -> None:
+    """Where a method's text differs from the reference's, ``same text`` keeps only the questions on
+    which every compared method wrote the reference's text; it is left out when all (or none) did."""
+    records = [
+        rec("base", "q1", 10, 2.0, "x"),
+        rec("base", "q2", 10, 2.0, "x"),
+        rec("base", "q3", 10, 2.0, "y"),
+        rec("ppd", "q1", 10, 1.0, "x", equal=True),
+        rec("ppd", "q2", 40, 1.0, "x", equal=False, first_diff=3),  # a longer, other answer
+        rec("ppd", "q3", 10, 0.5, "y", equal=True),
+        rec("lookup", "q1", 10, 0.5, "x", equal=True),
+        rec("lookup", "q2", 10, 1.0, "x", equal=True),
+        rec("lookup", "q3", 10, 2.0, "y", equal=False, first_diff=1),
+        rec("sampled", "q3", 10, 1.0, "y", greedy=False),  # never compared: no say in the group
+    ]
+    assert same_text_questions(records) == {"q1"}
+    groups = summarise(records, "base")
+    assert list(groups) == ["x", "y", OVERALL, SAME_TEXT]
+    assert group_order(["x", SAME_TEXT, OVERALL, "y"]) == ["x", "y", OVERALL, SAME_TEXT]
+    same = groups[SAME_TEXT]
+    assert set(same) == {"base", "ppd", "lookup"} and all(s.questions == 1 for s in same.values())
+    assert same["ppd"].speedup_total == pytest.approx(2.0)
+    assert same["lookup"].speedup_total == pytest.approx(4.0)
+    # overall, the other (longer) text counts
+    assert groups[OVERALL]["ppd"].speedup_total == pytest.approx((60 / 2.5) / (30 / 6.0))
+    all_equal = [r for r in records if r.question_id == "q1"]
+    assert SAME_TEXT not in summarise(all_equal, "base")
+    assert SAME_TEXT not in summarise([r for r in records if r.equal is None], "base")
 
 
 def test_summarise_unknown_baseline() -> None:

@@ -11,6 +11,9 @@ Vocabulary:
   by the same ratio of the baseline, over the questions both ran.
 - τ: tokens committed per forward pass after the prefill, bonus included (vanilla = 1), pooled
   over all steps: Σ accept lengths / Σ steps.
+- same text: the questions on which every method compared with the reference wrote the reference's
+  text. In bf16 a method that verifies several tokens per forward can round its way to another
+  answer, and then two methods time different texts; on these questions they time the same one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OVERALL = "overall"
+SAME_TEXT = "same text"
 
 
 @dataclass
@@ -160,14 +164,21 @@ def summarise_group(
 
 
 def summarise(records: Sequence[Record], baseline: str) -> dict[str, dict[str, MethodSummary]]:
-    """Summaries per category and ``overall``: {group: {method: summary}}, in first-seen order."""
+    """Summaries per category, ``overall`` and, where some texts differ from the reference's, the
+    ``same text`` questions: {group: {method: summary}}, categories in first-seen order."""
     methods = list(dict.fromkeys(r.method for r in records))
     if baseline not in methods:
         raise ValueError(f"baseline {baseline!r} has no records; methods run: {', '.join(methods)}")
-    groups = [*dict.fromkeys(r.category for r in records), OVERALL]
+    members: dict[str, set[str]] = {}  # group -> its questions
+    for r in records:
+        members.setdefault(r.category, set()).add(r.question_id)
+    members[OVERALL] = {r.question_id for r in records}
+    same = same_text_questions(records)
+    if same and same != members[OVERALL]:
+        members[SAME_TEXT] = same
     out: dict[str, dict[str, MethodSummary]] = {}
-    for group in groups:
-        in_group = [r for r in records if group == OVERALL or r.category == group]
+    for group, questions in members.items():
+        in_group = [r for r in records if r.question_id in questions]
         base = [r for r in in_group if r.method == baseline]
         out[group] = {}
         for method in methods:
@@ -175,6 +186,22 @@ def summarise(records: Sequence[Record], baseline: str) -> dict[str, dict[str, M
             if mine:
                 out[group][method] = summarise_group(method, group, mine, base)
     return out
+
+
+def same_text_questions(records: Sequence[Record]) -> set[str]:
+    """Questions on which every record compared with the reference equals it (none compared: none)."""
+    compared: dict[str, bool] = {}
+    for r in records:
+        if r.equal is not None:
+            compared[r.question_id] = compared.get(r.question_id, True) and r.equal
+    return {question for question, equal in compared.items() if equal}
+
+
+def group_order(groups: Iterable[str]) -> list[str]:
+    """Categories first, then ``overall``, then ``same text`` where there is one."""
+    groups = list(groups)
+    tail = [g for g in (OVERALL, SAME_TEXT) if g in groups]
+    return [g for g in groups if g not in tail] + tail
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ppdecode.bench.batch import RATIOS, speedup_at
-from ppdecode.bench.metrics import OVERALL, Record
+from ppdecode.bench.metrics import OVERALL, Record, group_order
 from ppdecode.plotting import pyplot
 
 
@@ -35,7 +35,7 @@ def _title(summary: dict[str, Any], what: str) -> str:
 
 
 def _speedup(plt: Any, summary: dict[str, Any], records: Sequence[Record]) -> Any:
-    groups = [g for g in summary["groups"] if g != OVERALL] + [OVERALL]
+    groups = group_order(summary["groups"])
     baseline = summary["baseline"]
     methods = [m for m in summary["groups"][OVERALL] if m != baseline]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) + 2), 4))

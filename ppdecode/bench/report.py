@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ppdecode.bench.batch import RATIOS, REFERENCE, BatchSummary, ppd_not_faster, ppd_stops_paying
-from ppdecode.bench.metrics import OVERALL, MethodSummary, Record, summarise
+from ppdecode.bench.metrics import OVERALL, MethodSummary, Record, group_order, summarise
 from ppdecode.bench.prompts import keep_categories
 
 
@@ -190,7 +190,7 @@ def memory_table(summary: dict[str, Any]) -> Table:
 
 def tables(summary: dict[str, Any]) -> Group:
     """One table per category, then overall, then memory."""
-    groups = [g for g in summary["groups"] if g != OVERALL] + [OVERALL]
+    groups = group_order(summary["groups"])
     return Group(*(group_table(summary, g) for g in groups), memory_table(summary))
 
 
