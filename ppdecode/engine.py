@@ -402,7 +402,8 @@ class Engine:
         if len(rest) > budget + 1:  # a chunk of context only: root-only "tree", nothing to verify
             chunk = rest[:budget]
             plan = RowPlan(start, (chunk[-1],), VANILLA, tuple(chunk[:-1]))
-            run_forward(self.base, build_inputs(self.base, self.prompt_tokens, [plan], row), self.cache)
+            inputs = build_inputs(self.base, self.prompt_tokens, [plan], row, self.cache.capacity)
+            run_forward(self.base, inputs, self.cache)
             self.cache.commit(row, start, list(range(len(chunk))))
             request.prefilled += len(chunk)
             request.stats.forward_s += time.perf_counter() - timer
@@ -434,7 +435,7 @@ class Engine:
         guessed each."""
         step_ratio = None if trees is None else trees.step_ratio
         timer = time.perf_counter()
-        inputs = build_inputs(self.base, self.prompt_tokens, plans, first_row)
+        inputs = build_inputs(self.base, self.prompt_tokens, plans, first_row, self.cache.capacity)
         hidden = run_forward(self.base, inputs, self.cache)  # [B, C, H]
         verdicts = batch_verdicts(
             self.base,

@@ -69,6 +69,13 @@ class StepInputs:
         return int(self.embeds.shape[1])
 
 
+# Keys are read in blocks of this many: a CPU's attention kernel sums a query's scores in vector
+# lanes and a scalar tail, and a key's lane, so the order of the sums, depends on how many keys the
+# call reads. With whole blocks it does not, and a token's attention is the same whether it is
+# verified in a tree, a chain or a prefill, or decoded alone; masked keys add exact zeros.
+KEY_BLOCK = 64
+
+
 def _attend(plans: list[RowPlan], width: int, key_length: int) -> torch.Tensor:
     """[B, W, K] bool: True where input w of row b may attend to cache position k."""
     attend = torch.zeros(len(plans), width, key_length, dtype=torch.bool)
@@ -111,13 +118,22 @@ def additive_mask(base: LoadedModel, attend: torch.Tensor, positions: torch.Tens
 
 
 def build_inputs(
-    base: LoadedModel, prompt_tokens: PromptTokens | None, plans: list[RowPlan], first_row: int = 0
+    base: LoadedModel,
+    prompt_tokens: PromptTokens | None,
+    plans: list[RowPlan],
+    first_row: int = 0,
+    capacity: int | None = None,
 ) -> StepInputs:
-    """The batched inputs of one step over cache rows ``first_row .. first_row + len(plans) - 1``."""
+    """The batched inputs of one step over cache rows ``first_row .. first_row + len(plans) - 1``.
+
+    Attention reads keys in whole blocks of ``KEY_BLOCK`` (up to the cache's ``capacity``), the keys
+    past a row's own masked.
+    """
     device = base.device
     b = len(plans)
     width = max(plan.width for plan in plans)
-    key_length = max(plan.start for plan in plans) + width
+    needed = max(plan.start for plan in plans) + width
+    key_length = min(-(-needed // KEY_BLOCK) * KEY_BLOCK, capacity or needed)
     ids = torch.zeros(b, width, dtype=torch.long)  # [B, W]; slots and padding embed token 0, then replaced
     positions = torch.zeros(b, width, dtype=torch.long)
     writes = torch.zeros(b, width, dtype=torch.long)
@@ -147,8 +163,8 @@ def build_inputs(
             prompt_index, torch.cat(slot_member).to(device), embeds.dtype
         )
         extra = prompt_tokens.forward_kwargs(columns, prompt_index, rows, embeds.dtype)
-    # one token on a full row: causal attention needs no mask (a sliding window always does)
-    plain = b == 1 and width == 1 and sliding_window(base) is None
+    # one token that reads every key: causal attention needs no mask (a sliding window always does)
+    plain = b == 1 and width == 1 and key_length == needed and sliding_window(base) is None
     mask = None if plain else additive_mask(base, _attend(plans, width, key_length), positions)
     return StepInputs(
         first_row=first_row,

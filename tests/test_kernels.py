@@ -13,7 +13,10 @@ from ppdecode.config import GenerationConfig
 from ppdecode.engine import Engine
 from ppdecode.kernels import PackedLinear, can_pack, is_packed, kernels_name, pack_linears, packed_copy, packs
 from ppdecode.models import LoadedModel
+from ppdecode.planner import VANILLA
 from ppdecode.prompt_tokens import default_prompt_tokens
+from ppdecode.proposers import LookupProposer, PromptTokenProposer
+from ppdecode.step import KEY_BLOCK, RowPlan, build_inputs
 from ppdecode.tree.spec import load_tree
 from ppdecode.tune.store import HardwareKey, current_key
 
@@ -81,13 +84,77 @@ def test_grouped_attention_equals_sdpa_with_repeated_keys(
     allowed = torch.rand(batch, 1, width, keys, generator=generator) < 0.7
     allowed[..., 0] = True  # every query sees at least one key
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    for w in (width, 2):  # tree steps of 5 and 2 inputs (a lone query takes transformers' own path)
+    for w in (width, 2):  # tree steps of 5 and 2 inputs
         args = (attention, query[:, :, :w], key, value, mask[:, :, :w])
         got, _ = grouped_sdpa_forward(*args, scaling=attention.scaling)
         want, _ = sdpa_attention_forward(*args, scaling=attention.scaling)
         assert got.shape == want.shape == (batch, w, kv_heads * groups, dim)
         tolerance = 1e-5 if dtype == torch.float32 else 1e-2
         torch.testing.assert_close(got, want, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_querys_attention_is_the_same_alone_and_in_a_call_of_many(
+    smollm_f32: LoadedModel, dtype: torch.dtype
+) -> None:
+    # a token decoded alone and the same token verified in a chain, a tree or a prefill: other queries
+    # in the call, and keys masked past its own (a whole KEY_BLOCK is read), leave its result as it is
+    attention = smollm_f32.model.model.layers[0].self_attn
+    generator = torch.Generator().manual_seed(1)
+    kv_heads, dim, start, width = attention.config.num_key_value_heads, attention.head_dim, 70, 40
+    keys = start + width + 10  # the call reads past its last input, as a padded step does
+    heads = kv_heads * attention.num_key_value_groups
+    query = torch.randn(1, heads, width, dim, generator=generator).to(dtype)
+    key, value = (torch.randn(1, kv_heads, keys, dim, generator=generator).to(dtype) for _ in "kv")
+    allowed = torch.zeros(1, 1, width, keys, dtype=torch.bool)
+    for w in range(width):
+        allowed[0, 0, w, : start + w + 1] = True  # causal: the cache, then the call's inputs up to itself
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    many, _ = grouped_sdpa_forward(attention, query, key, value, mask, scaling=attention.scaling)
+    for w in (0, 17, width - 1):
+        alone, _ = grouped_sdpa_forward(
+            attention, query[:, :, w : w + 1], key, value, mask[:, :, w : w + 1], scaling=attention.scaling
+        )
+        assert torch.equal(alone[:, 0], many[:, w])
+    # a lone query with no mask (every key in the call is its own) is the grouped one with nothing hidden
+    seen = start + 1
+    lone = (attention, query[:, :, :1], key[:, :, :seen], value[:, :, :seen])
+    free, _ = grouped_sdpa_forward(*lone, None)
+    hidden, _ = grouped_sdpa_forward(*lone, mask[:, :, :1, :seen])
+    assert torch.equal(free, hidden)
+
+
+def test_a_step_reads_keys_in_whole_blocks_with_the_padding_masked(smollm_f32: LoadedModel) -> None:
+    for start, capacity in ((0, 500), (70, 500), (127, 500), (190, 200)):
+        plan = RowPlan(start, (5,), VANILLA, ())
+        inputs = build_inputs(smollm_f32, None, [plan], capacity=capacity)
+        needed = start + 1
+        assert inputs.key_length == min(capacity, -(-needed // KEY_BLOCK) * KEY_BLOCK)
+        if inputs.key_length == needed:
+            assert inputs.mask is None  # a lone token that reads every key needs no mask
+            continue
+        assert inputs.mask is not None and inputs.mask.shape == (1, 1, 1, inputs.key_length)
+        visible = inputs.mask[0, 0, 0] == 0
+        assert visible[:needed].all() and not visible[needed:].any()
+    unbounded = build_inputs(smollm_f32, None, [RowPlan(70, (5,), VANILLA, ())])
+    assert unbounded.key_length == 71  # no cache given: exactly the keys needed
+
+
+@pytest.mark.skipif(not packs(torch.bfloat16), reason="no packed bf16 kernels here")
+def test_prompt_lookup_in_bf16_writes_vanillas_text_token_for_token(smollm_bf16: LoadedModel) -> None:
+    # chain steps verify a copied run in one forward; in bf16 their rounding is that of one-token steps
+    # (whole key blocks, one attention kernel for every query count), so the texts are the same
+    packed = packed_copy(smollm_bf16)
+    vanilla = Engine(packed)
+    lookup = Engine(packed, proposer=LookupProposer(PromptTokenProposer()))
+    config = GenerationConfig(max_new_tokens=64, lookup_chain=8, max_lookup_chain=8)
+    chains = 0
+    for prompt in PROMPTS[:8]:
+        expected = vanilla.generate(prompt, GenerationConfig(max_new_tokens=64, use_ppd=False)).token_ids
+        result = lookup.generate(prompt, config)
+        assert result.token_ids == expected, prompt
+        chains += result.stats.chain_steps
+    assert chains > 0  # copies were verified as chains
 
 
 def test_packed_linear_refuses_to_train() -> None:
