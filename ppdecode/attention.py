@@ -71,7 +71,10 @@ def grouped_sdpa_forward(
     batch, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     packed = query.reshape(batch, kv_heads, groups * width, dim)  # head h = g · groups + r, query w
-    mask = attention_mask.expand(batch, groups, width, -1).reshape(batch, 1, groups * width, -1)
+    if width == 1:  # one mask row, shared by the group's queries as it is
+        mask = attention_mask
+    else:
+        mask = attention_mask.expand(batch, groups, width, -1).reshape(batch, 1, groups * width, -1)
     sdpa = torch.nn.functional.scaled_dot_product_attention
     rows = groups * width
     if rows <= QUERY_ROWS:

@@ -164,8 +164,15 @@ def build_inputs(
         )
         extra = prompt_tokens.forward_kwargs(columns, prompt_index, rows, embeds.dtype)
     # one token that reads every key: causal attention needs no mask (a sliding window always does)
-    plain = b == 1 and width == 1 and key_length == needed and sliding_window(base) is None
-    mask = None if plain else additive_mask(base, _attend(plans, width, key_length), positions)
+    lone = b == 1 and width == 1 and sliding_window(base) is None
+    if lone and key_length == needed:
+        mask = None
+    elif lone:  # its keys, then the block's padding
+        mask = torch.full((1, 1, 1, key_length), torch.finfo(base.dtype).min, dtype=base.dtype)
+        mask[..., :needed] = 0
+        mask = mask.to(device)
+    else:
+        mask = additive_mask(base, _attend(plans, width, key_length), positions)
     return StepInputs(
         first_row=first_row,
         embeds=embeds,
