@@ -9,8 +9,10 @@ On the CPUs measured that makes a step's linear layers 1.3× (bf16) to 2-3× (fl
 the same memory (the packed copy replaces the weight).
 
 ``pack_linears`` swaps every ``nn.Linear`` of the decoder's layers (and an output layer that is not
-tied to the input embeddings) for a ``PackedLinear``, in place, and switches the model to grouped
-attention (``ppdecode.attention``: a tree step of several inputs does not copy the keys per head).
+tied to the input embeddings) for a ``PackedLinear``, in place, after stacking a Llama layer's q/k/v
+and gate/up projections into one linear layer each (``ppdecode.fused``), and switches the model to
+grouped attention (``ppdecode.attention``: a tree step of several inputs does not copy the keys per
+head).
 The packed layers have no backward: a packed model decodes (``ppdecode.load``, ``ppd generate``,
 ``ppd serve``, ``ppd tune``, ``ppd bench``); training loads its own model. A row's result does not
 depend on the other rows in the call (the kernels are batch-invariant; a lone row is fed as two, see
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from ppdecode.attention import use_grouped_attention, uses_grouped_attention
+from ppdecode.fused import fuse_layers
 from ppdecode.models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -106,6 +109,7 @@ def pack_linears(base: LoadedModel) -> int:
         logger.debug("linear layers left as they are on %s / %s", base.device, base.dtype)
         return 0
     model = base.model
+    fuse_layers(model)  # before packing: the stacked projections are packed like any linear layer
     owners: list[nn.Module] = list(model.get_decoder().layers.modules())
     head = model.get_output_embeddings()
     embedding = model.get_input_embeddings()

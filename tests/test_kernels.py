@@ -172,7 +172,7 @@ def test_packing_swaps_the_decoder_linears_once_and_leaves_the_original(
     assert can_pack(smollm_f32)
     layers = smollm_f32.model.config.num_hidden_layers
     swapped = [m for m in packed.model.modules() if isinstance(m, PackedLinear)]
-    assert len(swapped) == 7 * layers  # q, k, v, o, gate, up, down; the tied output layer stays
+    assert len(swapped) == 4 * layers  # qkv, o, gate-up, down (stacked); the tied output layer stays
     assert not isinstance(packed.model.get_output_embeddings(), PackedLinear)
     assert pack_linears(packed) == 0  # idempotent
     assert not is_packed(smollm_f32.model)  # the copy was packed, not the model it came from
