@@ -36,7 +36,16 @@ from ppdecode.planner import (
     reach,
 )
 from ppdecode.prompt_tokens import PromptTokens
-from ppdecode.proposers import MODEL, PPD, LookupProposer, PromptTokenProposer, Proposal, Proposer, RowContext
+from ppdecode.proposers import (
+    MODEL,
+    PPD,
+    LookupProposer,
+    PromptTokenProposer,
+    Proposal,
+    Proposer,
+    Ranked,
+    RowContext,
+)
 from ppdecode.proposers.draft import DraftProposer
 from ppdecode.request import (
     GenerationResult,
@@ -353,6 +362,11 @@ class Engine:
     def sequence(self, request_id: str) -> list[int]:
         """A request's prompt and every token committed to it so far (the next root last)."""
         return self._requests[request_id].history
+
+    def guesses(self, request_id: str) -> Ranked | None:
+        """The prompt tokens' candidates for a request's next step: [D][top_k] token ids, depth i
+        guessing the token i past its next root (None without prompt tokens or before decoding)."""
+        return self._requests[request_id].ranked
 
     def has_unfinished(self) -> bool:
         return bool(self._requests)

@@ -158,7 +158,8 @@ def test_draft_and_lookup_methods_run_and_equal_vanilla(
     smollm_f32: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Our prompt lookup alone, the demonstration draft alone, writing with PPD, and the hybrid: each
-    decodes vanilla's tokens and gets a memory entry (draft parameters counted, shared ones not)."""
+    decodes vanilla's tokens and gets a memory entry (the draft's own parameters counted, shared ones
+    not)."""
     no_tuned_tree(monkeypatch, tmp_path)
     methods = ("vanilla", "lookup", "draft", "draft-ppd", "hybrid")
     result = one_question_run(smollm_f32, tmp_path, max_new_tokens=12, methods=methods, memory_probes=1)
@@ -166,9 +167,11 @@ def test_draft_and_lookup_methods_run_and_equal_vanilla(
     assert set(by_method) == {"vanilla", "lookup", "draft", "draft-ppd", "hybrid:default"}
     assert all(r.equal for name, r in by_method.items() if name != "vanilla"), result.records
     memory = result.summary["memory"]["methods"]
-    draft_params = memory["draft"]["extra_parameter_bytes"]  # the draft's own exit and shortlisted head
+    # the draft's own: a copy of 8 of the 30 layers (its trained updates merged), its exit and shortlisted
+    # head; the embeddings are the target's
+    draft_params = memory["draft"]["extra_parameter_bytes"]
     assert 0 < draft_params < memory["draft-ppd"]["extra_parameter_bytes"]  # + the draft's prompt tokens
-    assert draft_params < 0.2 * result.summary["memory"]["model_weight_bytes"]  # its layers are shared
+    assert 0.15 < draft_params / result.summary["memory"]["model_weight_bytes"] < 0.35
 
 
 def test_config_refuses_misuse() -> None:
@@ -185,8 +188,12 @@ def test_named_trees_and_sampling_variants(
 ) -> None:
     no_tuned_tree(monkeypatch, tmp_path)
     result = one_question_run(
-        smollm_f32, tmp_path, max_new_tokens=4, methods=("vanilla", "ppd", "ppd-plain"),
-        trees=(("again", "default"),), temperature=0.7,
+        smollm_f32,
+        tmp_path,
+        max_new_tokens=4,
+        methods=("vanilla", "ppd", "ppd-plain"),
+        trees=(("again", "default"),),
+        temperature=0.7,
     )
     by = {r.method: r for r in result.records}
     assert list(by) == [

@@ -12,13 +12,25 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ppdecode import draft_proposers, wrap
+from ppdecode import draft_model, draft_proposers, wrap
 from ppdecode.cli import app
 from ppdecode.config import GenerationConfig
-from ppdecode.draft_model import agreement, cut_draft, dataset_texts, exit_of, resolve_draft, train_exit
+from ppdecode.draft_model import (
+    adapted_linears,
+    agreement,
+    cut_draft,
+    dataset_texts,
+    exit_of,
+    load_draft,
+    resolve_draft,
+    save_draft,
+    train_draft,
+)
 from ppdecode.engine import Engine
+from ppdecode.kernels import packed_copy
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
+from ppdecode.proposers import RowContext
 from ppdecode.proposers.draft import DraftProposer
 from ppdecode.request import DRAFT
 from ppdecode.train.data import DataConfig, build_dataset, load_dataset
@@ -98,6 +110,31 @@ def test_draft_with_ppd_inside_the_hybrid_tree_equals_vanilla(smollm_f32, cut, r
     assert proposer.draft_steps > 0
 
 
+def test_a_draft_with_prompt_tokens_ends_its_draft_with_their_guesses(smollm_f32, cut) -> None:
+    """The draft's last forward also guessed the tokens past it where its last accepted node has prompt
+    slots: the continuation is what the draft wrote, then those guesses' rank 0, cut to the reach; a
+    plain draft adds nothing."""
+    draft_engine = Engine(cut, PromptTokens.initial(cut), load_tree("default"))
+    proposer = DraftProposer(draft_engine, length=1, schedule="fixed")
+    plain = DraftProposer(Engine(cut), length=1, schedule="fixed")
+    extended = 0
+    for n, prompt in enumerate(PROMPTS[:6]):
+        history = smollm_f32.tokenizer(prompt)["input_ids"]
+        proposal = proposer.propose([RowContext(f"r{n}", None, history, reach=12)])[0]
+        draft_id = proposer._rows[f"r{n}"].draft_id
+        written = draft_engine.sequence(draft_id)[len(history) :]
+        guesses = [ranked[0] for ranked in draft_engine.guesses(draft_id) or ()]
+        assert written and list(proposal.continuation) == (written + guesses)[:12]
+        extended += len(proposal.continuation) > len(written)
+        again = proposer.propose([RowContext(f"r{n}", None, history, reach=1)])[0]
+        assert list(again.continuation) == written[:1]
+        alone = plain.propose([RowContext(f"r{n}", None, history, reach=12)])[0]
+        assert (
+            list(alone.continuation) == plain.engine.sequence(plain._rows[f"r{n}"].draft_id)[len(history) :]
+        )
+    assert extended > 0
+
+
 def test_a_batch_with_a_draft_equals_vanilla_row_by_row(smollm_f32, cut, reference) -> None:
     proposer = DraftProposer(Engine(cut, max_batch=4))
     engine = Engine(
@@ -164,14 +201,69 @@ def test_a_draft_must_share_the_tokenizer(smollm_f32) -> None:
 
 
 def test_the_exit_learns_the_target_by_self_distillation(smollm_f32) -> None:
-    """A few steps of ``train_exit`` on short texts lower the KL to the target and move the exit."""
+    """A few steps of ``train_draft`` on short texts lower the loss to the target and move the exit;
+    without a rank the layers stay the target's own, untouched."""
     draft = cut_draft(smollm_f32, 8, torch.arange(4096), "cut-8-short")
     texts = [smollm_f32.tokenizer(p)["input_ids"][:32] for p in PROMPTS]
     before = exit_of(draft).proj.weight.clone()
-    record = train_exit(smollm_f32, draft, texts, seconds=8, batch_size=4, progress=False)
-    assert record["steps"] >= 3
+    layer = smollm_f32.model.model.layers[0].mlp.down_proj.weight.clone()
+    record, factors = train_draft(
+        smollm_f32, draft, texts, seconds=300, steps=6, batch_size=4, progress=False
+    )
+    assert record["steps"] == 6
     assert record["loss_last"] < record["loss_first"]
     assert not torch.equal(exit_of(draft).proj.weight, before)
+    assert factors == {} and draft.model.model.layers[0] is smollm_f32.model.model.layers[0]
+    assert torch.equal(smollm_f32.model.model.layers[0].mlp.down_proj.weight, layer)
+
+
+def test_the_layers_learn_low_rank_updates_stored_and_merged_again_on_load(
+    smollm_f32, tmp_path, monkeypatch
+) -> None:
+    """With a rank the draft owns a copy of its layers: each linear layer learns ``B A``, merged into the
+    copy (the target's layers are untouched); the stored draft, loaded again, computes the same logits.
+    A draft that shares the target's layers cannot learn updates; the copy of a packed target's layers
+    is that of its plain ones."""
+    texts = [smollm_f32.tokenizer(p)["input_ids"][:32] for p in PROMPTS]
+    with pytest.raises(ValueError, match="own_layers"):
+        train_draft(smollm_f32, cut_draft(smollm_f32, 4, None, "shared"), texts, 1, rank=2, progress=False)
+    ids = torch.arange(4096)
+    draft = cut_draft(smollm_f32, 4, ids, "smollm2-135m-draft", own_layers=True)
+    assert all(
+        a is not b for a, b in zip(draft.model.model.layers, smollm_f32.model.model.layers, strict=False)
+    )
+    target_before = {
+        k: v.weight.clone() for k, v in adapted_linears(smollm_f32.model.model.layers[:4]).items()
+    }
+    record, factors = train_draft(
+        smollm_f32, draft, texts, seconds=300, steps=6, rank=2, batch_size=4, progress=False
+    )
+    linears = adapted_linears(draft.model.model.layers)
+    assert len(linears) == 4 * 7 and set(factors) == {f"{n}.{p}" for n in linears for p in "ab"}
+    assert factors["0.mlp.down_proj.a"].shape == (2, linears["0.mlp.down_proj"].in_features)
+    assert record["loss_last"] < record["loss_first"] and record["rank"] == 2
+    moved = [n for n, m in linears.items() if not torch.equal(m.weight, target_before[n])]
+    assert len(moved) == len(linears)  # every update is merged into the draft's copy ...
+    for name, linear in adapted_linears(smollm_f32.model.model.layers[:4]).items():
+        assert torch.equal(linear.weight, target_before[name])  # ... and none into the target
+
+    monkeypatch.setattr(draft_model, "PACKAGED", tmp_path)
+    monkeypatch.setitem(
+        draft_model.DRAFTS,
+        "smollm2-135m-draft",
+        draft_model.DraftSpec("smollm2-135m-draft", "smollm2-135m-instruct", 4, 4096, 2),
+    )
+    save_draft(draft, tmp_path / "smollm2-135m-draft.safetensors", record, factors)
+    loaded = load_draft("smollm2-135m-draft", target=smollm_f32)
+    tokens = torch.tensor([texts[0]])
+    with torch.inference_mode():
+        assert torch.allclose(
+            loaded.model(input_ids=tokens).logits, draft.model(input_ids=tokens).logits, atol=1e-4
+        )
+    packed = packed_copy(smollm_f32)
+    from_packed = cut_draft(packed, 4, ids, "from-packed", own_layers=True)
+    for name, linear in adapted_linears(from_packed.model.model.layers).items():
+        assert torch.equal(linear.weight, target_before[name])
 
 
 def test_the_exit_learns_from_the_targets_own_answers(smollm_f32, tmp_path) -> None:
@@ -188,7 +280,7 @@ def test_the_exit_learns_from_the_targets_own_answers(smollm_f32, tmp_path) -> N
     answers = sorted(tuple(s.response_ids) for s in dataset.samples)
     assert sorted(tuple(t.ids[t.first + 1 :]) for t in train + held) == answers
     draft = cut_draft(smollm_f32, 8, torch.arange(8192), "cut-8-answers")
-    record = train_exit(smollm_f32, draft, train, seconds=8, batch_size=4, progress=False)
+    record, _ = train_draft(smollm_f32, draft, train, seconds=300, steps=6, batch_size=4, progress=False)
     assert record["loss_last"] < record["loss_first"]
     whole = [replace(t, first=0) for t in held]
     assert agreement(smollm_f32, draft, held) != agreement(smollm_f32, draft, whole)  # answers only
@@ -210,8 +302,17 @@ def test_tuning_with_a_draft_confirms_with_it_and_engines_with_that_draft_use_it
         made.append(drafts())
         return made[-1]
 
-    config = TuneConfig(budgets=(5, 6), confirm=1, prompts=1, max_new_tokens=12, repeats=1, warmup=0,
-                        overhead_tokens=8, batch_sizes=(1,), progress=False)
+    config = TuneConfig(
+        budgets=(5, 6),
+        confirm=1,
+        prompts=1,
+        max_new_tokens=12,
+        repeats=1,
+        warmup=0,
+        overhead_tokens=8,
+        batch_sizes=(1,),
+        progress=False,
+    )
     with pytest.raises(ValueError, match="needs --confirm"):
         tune(smollm_f32, tokens, table, replace(config, confirm=0), draft=counted)
     profile = tune(smollm_f32, tokens, table, config, draft=counted)
@@ -222,8 +323,9 @@ def test_tuning_with_a_draft_confirms_with_it_and_engines_with_that_draft_use_it
     assert profile.row(profile.predicted_budget).measured is not None
     save_profile(profile)
     assert resolve_trees(smollm_f32, tokens, "auto", allow_tune=False, draft=identity) == profile.trees()
-    with_draft = wrap(smollm_f32.model, smollm_f32.tokenizer, tokens, name=smollm_f32.name, tune=False,
-                      draft=drafts())
+    with_draft = wrap(
+        smollm_f32.model, smollm_f32.tokenizer, tokens, name=smollm_f32.name, tune=False, draft=drafts()
+    )
     # the profile's choice for one row: its tree, or none where the tree with the draft was measured
     # slower than vanilla decoding
     assert with_draft.tree == profile.trees()[1] and with_draft.tree in (profile.tree, None)
@@ -242,16 +344,31 @@ def test_a_draft_asked_for_is_used_where_no_tree_pays(smollm_f32, tmp_path, monk
     tokens = default_prompt_tokens(smollm_f32)
     latency = LatencyProfile((1, 8), (50.0, 400.0), 256, 1, 0.0, 0.0)
     profile = HardwareProfile(
-        key=current_key(smollm_f32, tokens), latency=latency, rows=(), vanilla=None, predicted_budget=6,
-        chosen_budget=6, tree=load_tree("default"), quick=True, accuracy_source="test", tree_pays=False,
+        key=current_key(smollm_f32, tokens),
+        latency=latency,
+        rows=(),
+        vanilla=None,
+        predicted_budget=6,
+        chosen_budget=6,
+        tree=load_tree("default"),
+        quick=True,
+        accuracy_source="test",
+        tree_pays=False,
     )
     path = tmp_path / "off.json"
     save_profile(profile, path)
     model, tokenizer = smollm_f32.model, smollm_f32.tokenizer
     alone = wrap(model, tokenizer, tokens, tree=path, name=smollm_f32.name, tune=False)
     assert alone.trees == {1: None}
-    drafted = wrap(model, tokenizer, tokens, tree=path, name=smollm_f32.name, tune=False,
-                   draft=draft_proposers(smollm_f32, "default", tune=False, pack=False)())
+    drafted = wrap(
+        model,
+        tokenizer,
+        tokens,
+        tree=path,
+        name=smollm_f32.name,
+        tune=False,
+        draft=draft_proposers(smollm_f32, "default", tune=False, pack=False)(),
+    )
     assert drafted.prompt_tokens is None and drafted.draft is not None
     config = GenerationConfig(max_new_tokens=16)
     result = drafted.generate(PROMPTS[0], config)
@@ -284,11 +401,39 @@ def test_a_drafts_dataset_holds_its_targets_answers(smollm_f32, cut, tmp_path) -
 
     # the command line: the named draft is cut from the writer, its target
     out = tmp_path / "cli.jsonl"
-    args = ["data", str(out), "--file", str(files), "--model", "smollm2-135m-draft", "--writer",
-            smollm_f32.name, "--max-new-tokens", "6", "--cuts", "1", "--heldout-percent", "0",
-            "--dtype", "float32"]
+    args = [
+        "data",
+        str(out),
+        "--file",
+        str(files),
+        "--model",
+        "smollm2-135m-draft",
+        "--writer",
+        smollm_f32.name,
+        "--max-new-tokens",
+        "6",
+        "--cuts",
+        "1",
+        "--heldout-percent",
+        "0",
+        "--dtype",
+        "float32",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     header = load_dataset(out).header
     assert header["base_model"] == "smollm2-135m-draft" and header["writer"] == smollm_f32.name
     assert [s.response_ids for s in load_dataset(out).samples] == [s.response_ids[:6] for s in target.samples]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--minutes", "0"], "--minutes must be positive"),
+        (["--rank", "-1"], "rank of the layers' updates is 0 (none) or more"),
+        (["--name", "other"], "unknown draft 'other'"),
+    ],
+)
+def test_make_draft_refuses_bad_options_before_training(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["make-draft", *args])
+    assert isinstance(result.exception, ValueError) and message in str(result.exception)

@@ -19,6 +19,7 @@ batched engine, and greedy ``generate()`` on left-padded prompts.
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -77,6 +78,15 @@ class BatchMethod(Method, Protocol):
         ...
 
 
+def _storage(tensor: torch.Tensor) -> int:
+    """Where a tensor's numbers live: its data pointer, or the tensor itself for an opaque one (a
+    packed weight has no storage to point at; it is shared only as the same object)."""
+    try:
+        return tensor.data_ptr()
+    except RuntimeError:
+        return id(tensor)
+
+
 class EngineMethod:
     """Our engine: vanilla when ``use_ppd`` is False, else with the engine's guesses (its tree, its
     draft, prompt lookup unless ``lookup`` is False; ``lookup_chain`` as in the config)."""
@@ -130,15 +140,19 @@ class EngineMethod:
 
     def extra_tensors(self) -> list[torch.Tensor]:
         """What the guesses add to the base model: its prompt tokens, and a draft model's own
-        parameters (not those it shares with the base model) and prompt tokens."""
+        parameters and buffers (packed weights are buffers; not those it shares with the base model)
+        and prompt tokens."""
         if not self.use_ppd:
             return []
         engine = self.engine
         tensors: list[torch.Tensor] = [*engine.prompt_tokens.parameters()] if engine.prompt_tokens else []
         if engine.draft is not None:
             draft = engine.draft.engine
-            shared = {p.data_ptr() for p in engine.base.model.parameters()}
-            tensors += [p for p in draft.base.model.parameters() if p.data_ptr() not in shared]
+            base, own = engine.base.model, draft.base.model
+            shared = {_storage(t) for t in itertools.chain(base.parameters(), base.buffers())}
+            tensors += [
+                t for t in itertools.chain(own.parameters(), own.buffers()) if _storage(t) not in shared
+            ]
             if draft.prompt_tokens is not None:
                 tensors += list(draft.prompt_tokens.parameters())
         return tensors

@@ -1,4 +1,4 @@
-"""``ppd make-draft``: train the exit of a demonstration draft model cut from its target."""
+"""``ppd make-draft``: train a demonstration draft model cut from its target."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 
 def make_draft(
     name: Annotated[str, typer.Option(help="The draft to make (smollm2-135m-draft).")] = "smollm2-135m-draft",
-    minutes: Annotated[float, typer.Option(help="Training time for the exit.")] = 7.0,
+    minutes: Annotated[float, typer.Option(help="Training time.")] = 7.0,
     out: Annotated[
         Path | None, typer.Option(help="Where to write it (default: the packaged file, replaced atomically).")
     ] = None,
@@ -19,12 +19,19 @@ def make_draft(
         Path | None,
         typer.Option(
             help="A self-distillation dataset of the target (`ppd data --model TARGET`): the exit learns "
-            "the target on its own answers. Default: Python docs and standard-library code."
+            "the target on its own answers too. Always: Python docs and standard-library code."
+        ),
+    ] = None,
+    rank: Annotated[
+        int | None,
+        typer.Option(
+            help="Rank of the trained updates of the draft's layers (0: train the exit alone and share "
+            "the target's layers). Default: the draft's own."
         ),
     ] = None,
 ) -> None:
-    """Cut the draft from its target (its first layers, sharing their weights), train its exit by
-    self-distillation, and store it with its held-out agreement with the target."""
+    """Cut the draft from its target (its first layers), train it by self-distillation (its exit, and
+    low-rank updates of its layers), and store it with its held-out agreement with the target."""
     from ppdecode.draft_model import DRAFTS
     from ppdecode.draft_model import make_draft as run
 
@@ -32,7 +39,7 @@ def make_draft(
         raise ValueError(f"unknown draft {name!r}: choose from {', '.join(DRAFTS)}")
     if minutes <= 0:
         raise ValueError(f"--minutes must be positive, got {minutes}")
-    record = run(name, 60 * minutes, out, dataset)
+    record = run(name, 60 * minutes, out, dataset, rank)
     typer.echo(json.dumps(record))
 
 

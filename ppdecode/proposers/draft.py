@@ -4,7 +4,8 @@ The draft decodes in an ``Engine`` of its own, batched across the target's rows:
 per target request. Before each target step the draft request is rewound to the target's history
 (its cache keeps the prefix they share: the accepted draft tokens), then the draft engine steps
 until every row has its draft length ahead. With prompt tokens and a tree of its own (``--draft-ppd``)
-that engine writes several tokens per draft forward: PPD inside speculative decoding.
+that engine writes several tokens per draft forward: PPD inside speculative decoding; its prompt
+tokens' best guesses past its last token go on the end of the draft.
 
 The draft decodes greedily, so its tokens are deterministic candidates: the target verifies them
 with its own rules (greedy, or the lossless rule of METHOD §3), and output stays exact either way.
@@ -91,9 +92,7 @@ class DraftProposer:
         proposals = list(inner)
         for i, draft, _ in wanted:
             if not draft.done:
-                row = rows[i]
-                tokens = self.engine.sequence(draft.draft_id)[len(row.history) : len(row.history) + row.reach]
-                proposals[i] = join_continuation(inner[i].candidates, tokens, DRAFT)
+                proposals[i] = join_continuation(inner[i].candidates, self._draft(draft, rows[i]), DRAFT)
         return proposals
 
     def _sync(self, row: RowContext) -> DraftRow | None:
@@ -105,6 +104,13 @@ class DraftProposer:
         elif not draft.done and self.engine.sequence(draft.draft_id) != row.history:
             self.engine.rewind(draft.draft_id, row.history)
         return None if draft.done else draft
+
+    def _draft(self, draft: DraftRow, row: RowContext) -> list[int]:
+        """What the draft wrote past the row's history and, from a draft with prompt tokens, their
+        best guesses past that (written by its last forward, at no further cost), cut to the reach."""
+        tokens = self.engine.sequence(draft.draft_id)[len(row.history) :]
+        guesses = self.engine.guesses(draft.draft_id) if len(tokens) < row.reach else None
+        return (tokens + [ranked[0] for ranked in guesses or ()])[: row.reach]
 
     def _ahead(self, draft: DraftRow, row: RowContext) -> int:
         """Draft tokens written past the row's history (0 while the draft request is in its prefill)."""
