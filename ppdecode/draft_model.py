@@ -127,10 +127,11 @@ def merge_updates(layers: nn.ModuleList, factors: dict[str, torch.Tensor]) -> No
 def _plain_layers(target: LoadedModel, layers: int) -> nn.ModuleList:
     """A copy of the target's first ``layers`` decoder layers as transformers makes them; a target whose
     layers are already fused or packed for decoding is loaded again for it."""
+    from ppdecode.fused import FusedLlamaDecoderLayer
     from ppdecode.kernels import is_packed
 
     source = target.model.model.layers[:layers]
-    if is_packed(source) or any(type(layer).__name__.startswith("Fused") for layer in source):
+    if is_packed(source) or any(isinstance(layer, FusedLlamaDecoderLayer) for layer in source):
         fresh = load_model(target.name, device=str(target.device), dtype=target.dtype)
         source = fresh.model.model.layers[:layers]
     return nn.ModuleList(copy.deepcopy(list(source)))
@@ -493,13 +494,15 @@ def make_draft(
     if dataset is not None:
         answers, held = dataset_texts(target, dataset)
         train_texts = docs + answers * max(1, round(len(docs) / len(answers)))
+        distinct = len(docs) + len(answers)
     else:
         held, train_texts = docs[:64], docs[64:]
+        distinct = len(train_texts)
     vocab = target.model.get_output_embeddings().weight.shape[0]
     ids = shortlist(token_frequencies(target, train_texts), spec.shortlist, vocab)
     draft = cut_draft(target, spec.layers, ids, name, own_layers=rank > 0)
     record, factors = train_draft(target, draft, train_texts, seconds, rank=rank, progress=progress)
-    record.update(layers=spec.layers, shortlist=spec.shortlist, texts=len(set(map(id, train_texts))))
+    record.update(layers=spec.layers, shortlist=spec.shortlist, texts=distinct)
     record["target"] = spec.target
     record["data"] = str(dataset) if dataset is not None else "python-docs, python-stdlib"
     record["heldout_top1_agreement"] = agreement(target, draft, held)
