@@ -338,11 +338,15 @@ class Engine:
         if request is not None:
             request.cancelled = True
 
-    def rewind(self, request_id: str, history: list[int]) -> None:
+    def rewind(self, request_id: str, history: list[int], guesses: Ranked | None = None) -> None:
         """Make a decoding request's sequence ``history`` (its prompt, then the tokens taken as
         committed, the next root last): the cache keeps what it shares with the request's own
         sequence, the rest is fed in front of the next step's root. A draft model's engine is driven
-        this way: the target model's verdict replaces what the draft wrote."""
+        this way: the target model's verdict replaces what the draft wrote.
+
+        ``guesses`` are candidates past the new root, kept by the caller from a step that read the
+        same context (``history`` but its root): prompt slots never see the root they guess past, so
+        their guesses hold for whatever root the verdict chose. Without them the next step is root-only."""
         request = self._requests[request_id]
         if not request.decoding or request not in self._running:
             raise ValueError(f"request {request_id!r} is not decoding yet: step the engine first")
@@ -350,6 +354,8 @@ class Engine:
             raise ValueError("rewind to an empty sequence: give at least one token")
         if history == request.history:
             return
+        if guesses is not None and self.prompt_tokens is None:
+            raise ValueError("rewind with guesses needs an engine with prompt tokens")
         row = self._row_of(request)
         old = request.history
         keep = min(self.cache.lengths[row], len(history) - 1)
@@ -357,7 +363,7 @@ class Engine:
         self.cache.lengths[row] = shared
         request.history = list(history)
         request.pending = tuple(history[shared:-1])
-        request.root, request.ranked = history[-1], None
+        request.root, request.ranked = history[-1], None if request.tree_use.resting else guesses
 
     def sequence(self, request_id: str) -> list[int]:
         """A request's prompt and every token committed to it so far (the next root last)."""

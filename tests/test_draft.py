@@ -135,6 +135,79 @@ def test_a_draft_with_prompt_tokens_ends_its_draft_with_their_guesses(smollm_f32
     assert extended > 0
 
 
+@pytest.mark.parametrize("schedule", ["fixed", "adaptive"])
+def test_the_shipped_draft_with_its_prompt_tokens_equals_vanilla(smollm_f32, reference, schedule) -> None:
+    """Draft + PPD as `ppd generate --draft default --draft-ppd` runs it, in float32: the draft writes
+    with its trained prompt tokens and tree, its guesses survive the target's verdicts."""
+    make = draft_proposers(
+        smollm_f32, "default", ppd=True, length=2, tune=False, pack=False, schedule=schedule
+    )
+    proposer = make()
+    assert proposer.engine.prompt_tokens is not None
+    engine = Engine(smollm_f32, draft=proposer)
+    tau = _check(engine, reference, lookup=False)
+    assert tau > 1.1, tau
+    forwards, steps = proposer.draft_steps, 0
+    for prompt in reference:
+        steps += engine.generate(prompt, GenerationConfig(max_new_tokens=TOKENS, lookup=False)).stats.steps
+    # fewer draft forwards than target steps: some drafts are the guesses kept from an earlier forward
+    assert proposer.draft_steps - forwards < steps
+
+
+def test_a_drafts_guesses_survive_a_verdict_that_replaces_only_its_root(smollm_f32, cut) -> None:
+    """The target rejects the draft's first token and puts its bonus token in its place: the context
+    the draft's guesses were made on is unchanged, so the rewound draft starts from them. Its next
+    draft is those guesses, without a forward; a verdict that also changes the context drops them."""
+    draft_engine = Engine(cut, PromptTokens.initial(cut), load_tree("default"))
+    proposer = DraftProposer(draft_engine, length=1, schedule="fixed")
+    history = smollm_f32.tokenizer(PROMPTS[0])["input_ids"]
+    first = proposer.propose([RowContext("r", None, history, reach=12)])[0]
+    draft_id = proposer._rows["r"].draft_id
+    wrote = draft_engine.sequence(draft_id)
+    guessed = draft_engine.guesses(draft_id)
+    assert guessed is not None and list(first.continuation) == wrote[len(history) :] + [g[0] for g in guessed]
+    # the target accepts what the draft wrote but its last token, and puts its bonus token there
+    bonus = (wrote[-1] + 1) % cut.tokenizer.vocab_size
+    steps = proposer.draft_steps
+    again = proposer.propose([RowContext("r", None, [*wrote[:-1], bonus], reach=12)])[0]
+    assert proposer.draft_steps == steps, "the kept guesses are the draft: no draft forward"
+    assert draft_engine.guesses(draft_id) == guessed
+    assert list(again.continuation) == [g[0] for g in guessed]
+    changed = [*wrote[:-2], bonus, bonus]  # the context changed too: nothing kept, the draft steps
+    proposer.propose([RowContext("r", None, changed, reach=12)])
+    assert proposer.draft_steps > steps
+    with pytest.raises(ValueError, match="needs an engine with prompt tokens"):
+        plain = Engine(cut)
+        rid = plain.add_request(history, GenerationConfig(max_new_tokens=8))
+        plain.step()
+        plain.rewind(rid, [*history, bonus], guessed)
+
+
+def test_a_rewind_with_guesses_verifies_them_and_decodes_as_from_that_history(smollm_f32, reference) -> None:
+    """An engine rewound with guesses kept from a step on the same context verifies them at its next
+    step (a tree, not a root-only step) and writes what it writes from that history afresh."""
+    prompt, expected = next(iter(reference.items()))
+    engine = Engine(smollm_f32, default_prompt_tokens(smollm_f32), load_tree("default"))
+    ids = engine.encode(prompt)
+    config = GenerationConfig(max_new_tokens=200, ignore_eos=True, lookup=False)
+    rid = engine.add_request(ids, config)
+    while engine.guesses(rid) is None:  # the prefill, then steps until the prompt slots have guessed
+        engine.step()
+    guessed, wrote = engine.guesses(rid), engine.sequence(rid)
+    other = (wrote[-1] + 1) % smollm_f32.tokenizer.vocab_size
+    engine.rewind(rid, [*wrote[:-1], other], guessed)  # another root, the same context
+    engine.rewind(rid, wrote, guessed)  # and back
+    assert engine.guesses(rid) == guessed
+    verified = engine._requests[rid].stats.draft_tokens
+    engine.step()
+    assert engine._requests[rid].stats.draft_tokens > verified  # the kept guesses were verified
+    while len(engine.sequence(rid)) < len(ids) + 20:
+        engine.step()
+    assert engine.sequence(rid)[len(ids) : len(ids) + 20] == expected[:20]
+    engine.cancel(rid)
+    engine.step()
+
+
 def test_a_batch_with_a_draft_equals_vanilla_row_by_row(smollm_f32, cut, reference) -> None:
     proposer = DraftProposer(Engine(cut, max_batch=4))
     engine = Engine(

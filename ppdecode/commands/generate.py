@@ -27,7 +27,10 @@ DraftPpdOption = Annotated[
 ]
 DraftLengthOption = Annotated[
     int,
-    typer.Option(help="Draft tokens per step (where the adaptive schedule starts; every step when fixed)."),
+    typer.Option(
+        help="Draft tokens per step, written or (--draft-ppd) guessed by the draft (where the adaptive "
+        "schedule starts; every step when fixed)."
+    ),
 ]
 DraftScheduleOption = Annotated[
     DraftSchedule,

@@ -3,9 +3,16 @@
 The draft decodes in an ``Engine`` of its own, batched across the target's rows: one draft request
 per target request. Before each target step the draft request is rewound to the target's history
 (its cache keeps the prefix they share: the accepted draft tokens), then the draft engine steps
-until every row has its draft length ahead. With prompt tokens and a tree of its own (``--draft-ppd``)
-that engine writes several tokens per draft forward: PPD inside speculative decoding; its prompt
-tokens' best guesses past its last token go on the end of the draft.
+until every row's draft is its draft length long.
+
+With prompt tokens and a tree of its own (``--draft-ppd``) the draft does PPD inside speculative
+decoding:
+- each draft forward writes several tokens, and its prompt tokens' best guesses past its last token
+  go on the end of the draft; they count towards the draft length, so drafting stops sooner;
+- its guesses survive the target's verdict. Prompt slots never see the root they guess past, so when
+  the verdict keeps the context of a draft step and replaces only its root (the target's bonus token
+  instead of the draft's), that step's guesses hold for the new root. The rewound draft starts from
+  them: they are the next draft without a forward, or its next forward verifies them.
 
 The draft decodes greedily, so its tokens are deterministic candidates: the target verifies them
 with its own rules (greedy, or the lossless rule of METHOD §3), and output stays exact either way.
@@ -17,12 +24,12 @@ draft, shorter after a rejection, as ``transformers`` assisted generation does).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
 from ppdecode.config import GenerationConfig
-from ppdecode.proposers.base import DRAFT, Proposal, Proposer, RowContext, join_continuation
+from ppdecode.proposers.base import DRAFT, Proposal, Proposer, Ranked, RowContext, join_continuation
 from ppdecode.proposers.ppd import PromptTokenProposer
 
 if TYPE_CHECKING:
@@ -48,8 +55,11 @@ def draft_schedule(value: DraftSchedule | str) -> DraftSchedule:
 @dataclass
 class DraftRow:
     draft_id: str  # the request in the draft engine
-    length: int  # tokens to draft ahead at the next step
+    length: int  # tokens to draft (written, then guessed) past the history at the next step
     done: bool = False  # the draft request ended (its context is full): no more drafts for the row
+    # the draft's guesses past each root it wrote since the last rewind, by the sequence length that
+    # root ended (a draft with prompt tokens): the target's verdict may keep the context and change the root
+    guesses_at: dict[int, Ranked] = field(default_factory=dict)
 
 
 class DraftProposer:
@@ -84,11 +94,13 @@ class DraftProposer:
             if draft is not None:
                 wanted.append((i, draft, min(draft.length, row.reach)))
         by_id = {draft.draft_id: draft for _, draft, _ in wanted}
-        while any(not d.done and self._ahead(d, rows[i]) < want for i, d, want in wanted):
+        while any(not d.done and len(self._draft(d, rows[i])) < want for i, d, want in wanted):
             for out in self.engine.step():
                 if out.finished and out.request_id in by_id:
                     by_id[out.request_id].done = True
             self.draft_steps += 1
+            for _, draft, _ in wanted:
+                self._keep_guesses(draft)
         proposals = list(inner)
         for i, draft, _ in wanted:
             if not draft.done:
@@ -102,8 +114,20 @@ class DraftProposer:
             draft_id = self.engine.add_request(list(row.history), self._config)
             draft = self._rows[row.request_id] = DraftRow(draft_id, self.length)
         elif not draft.done and self.engine.sequence(draft.draft_id) != row.history:
-            self.engine.rewind(draft.draft_id, row.history)
+            wrote = self.engine.sequence(draft.draft_id)
+            n = len(row.history)
+            kept = draft.guesses_at.get(n) if wrote[: n - 1] == row.history[:-1] else None
+            self.engine.rewind(draft.draft_id, row.history, kept)
+            draft.guesses_at.clear()
         return None if draft.done else draft
+
+    def _keep_guesses(self, draft: DraftRow) -> None:
+        """Keep the draft's guesses past the root it just wrote, for a verdict that changes only the root."""
+        if draft.done:
+            return
+        guesses = self.engine.guesses(draft.draft_id)
+        if guesses is not None:
+            draft.guesses_at[len(self.engine.sequence(draft.draft_id))] = guesses
 
     def _draft(self, draft: DraftRow, row: RowContext) -> list[int]:
         """What the draft wrote past the row's history and, from a draft with prompt tokens, their
@@ -111,10 +135,6 @@ class DraftProposer:
         tokens = self.engine.sequence(draft.draft_id)[len(row.history) :]
         guesses = self.engine.guesses(draft.draft_id) if len(tokens) < row.reach else None
         return (tokens + [ranked[0] for ranked in guesses or ()])[: row.reach]
-
-    def _ahead(self, draft: DraftRow, row: RowContext) -> int:
-        """Draft tokens written past the row's history (0 while the draft request is in its prefill)."""
-        return max(0, len(self.engine.sequence(draft.draft_id)) - len(row.history))
 
     def accepted(self, request_id: str, history: list[int], accepted: int) -> None:
         draft = self._rows.get(request_id)
