@@ -149,7 +149,7 @@ def draft_proposers(
     its trees with one per decoding engine."""
     from ppdecode.draft_model import resolve_draft
     from ppdecode.kernels import pack_linears
-    from ppdecode.proposers.draft import DraftProposer, draft_schedule
+    from ppdecode.proposers.draft import DraftProposer, draft_engine, draft_schedule
 
     draft_schedule(schedule)  # an unknown schedule is refused before the draft model is loaded
     draft_base = resolve_draft(base, draft)
@@ -157,7 +157,7 @@ def draft_proposers(
         pack_linears(draft_base)
 
     def make() -> DraftProposer:
-        engine = _engine(draft_base, "default" if ppd else None, "auto", tune, dict(engine_options))
+        engine = draft_engine(draft_base, ppd, tune, **engine_options)
         return DraftProposer(engine, length=length, schedule=schedule)
 
     return make

@@ -35,8 +35,9 @@ from ppdecode.proposers.draft import DraftProposer
 from ppdecode.request import DRAFT
 from ppdecode.train.data import DataConfig, build_dataset, load_dataset
 from ppdecode.tree.spec import load_tree
+from ppdecode.tune.latency import LatencyProfile
 from ppdecode.tune.resolve import resolve_trees
-from ppdecode.tune.store import draft_identity, save_profile
+from ppdecode.tune.store import HardwareProfile, current_key, draft_identity, save_profile
 from ppdecode.tune.tuner import TuneConfig, accuracy_for, tune
 
 from .helpers import PROMPTS
@@ -208,8 +209,11 @@ def test_a_rewind_with_guesses_verifies_them_and_decodes_as_from_that_history(sm
     engine.step()
 
 
-def test_a_batch_with_a_draft_equals_vanilla_row_by_row(smollm_f32, cut, reference) -> None:
-    proposer = DraftProposer(Engine(cut, max_batch=4))
+@pytest.mark.parametrize("draft_ppd", [False, True])
+def test_a_batch_with_a_draft_equals_vanilla_row_by_row(smollm_f32, cut, reference, draft_ppd) -> None:
+    """Rows draft side by side in one draft engine; with prompt tokens, each row keeps its own guesses."""
+    tokens, tree = (PromptTokens.initial(cut), load_tree("default")) if draft_ppd else (None, None)
+    proposer = DraftProposer(Engine(cut, tokens, tree, max_batch=4))
     engine = Engine(
         smollm_f32, default_prompt_tokens(smollm_f32), load_tree("default"), draft=proposer, max_batch=4
     )
@@ -407,17 +411,11 @@ def test_tuning_with_a_draft_confirms_with_it_and_engines_with_that_draft_use_it
     assert without.tree is not None and without.tree != profile.tree
 
 
-def test_a_draft_asked_for_is_used_where_no_tree_pays(smollm_f32, tmp_path, monkeypatch) -> None:
-    """A profile that turned the prompt tokens' tree off for one row still honours ``draft=``: the draft's
-    tokens are verified alone, losslessly; without a draft the engine decodes vanilla."""
-    from ppdecode.tune.latency import LatencyProfile
-    from ppdecode.tune.store import HardwareProfile, current_key
-
-    monkeypatch.setenv("PPDECODE_CACHE", str(tmp_path))
-    tokens = default_prompt_tokens(smollm_f32)
+def _no_tree_pays(base: LoadedModel, tokens: PromptTokens) -> HardwareProfile:
+    """A profile that found that no tree pays for one row of ``base`` with ``tokens``."""
     latency = LatencyProfile((1, 8), (50.0, 400.0), 256, 1, 0.0, 0.0)
-    profile = HardwareProfile(
-        key=current_key(smollm_f32, tokens),
+    return HardwareProfile(
+        key=current_key(base, tokens),
         latency=latency,
         rows=(),
         vanilla=None,
@@ -428,8 +426,15 @@ def test_a_draft_asked_for_is_used_where_no_tree_pays(smollm_f32, tmp_path, monk
         accuracy_source="test",
         tree_pays=False,
     )
+
+
+def test_a_draft_asked_for_is_used_where_no_tree_pays(smollm_f32, tmp_path, monkeypatch) -> None:
+    """A profile that turned the prompt tokens' tree off for one row still honours ``draft=``: the draft's
+    tokens are verified alone, losslessly; without a draft the engine decodes vanilla."""
+    monkeypatch.setenv("PPDECODE_CACHE", str(tmp_path))
+    tokens = default_prompt_tokens(smollm_f32)
     path = tmp_path / "off.json"
-    save_profile(profile, path)
+    save_profile(_no_tree_pays(smollm_f32, tokens), path)
     model, tokenizer = smollm_f32.model, smollm_f32.tokenizer
     alone = wrap(model, tokenizer, tokens, tree=path, name=smollm_f32.name, tune=False)
     assert alone.trees == {1: None}
@@ -447,6 +452,24 @@ def test_a_draft_asked_for_is_used_where_no_tree_pays(smollm_f32, tmp_path, monk
     result = drafted.generate(PROMPTS[0], config)
     assert result.token_ids == Engine(smollm_f32).generate(PROMPTS[0], config).token_ids
     assert drafted.draft.draft_steps > 0
+
+
+def test_a_draft_with_ppd_keeps_its_tree_where_its_own_profile_found_none_pays(
+    smollm_f32, tmp_path, monkeypatch
+) -> None:
+    """`--draft-ppd` asks for the draft's prompt tokens: a profile of the draft decoding alone that turned
+    its tree off does not turn them off inside speculative decoding, where they pay otherwise."""
+    monkeypatch.setenv("PPDECODE_CACHE", str(tmp_path))
+    draft = resolve_draft(smollm_f32, "default")
+    save_profile(_no_tree_pays(draft, default_prompt_tokens(draft)))
+    assert resolve_trees(draft, default_prompt_tokens(draft)) == {1: None}  # the draft alone: no tree
+    proposer = draft_proposers(smollm_f32, "default", ppd=True, tune=False, pack=False)()
+    assert proposer.engine.prompt_tokens is not None
+    assert proposer.engine.trees[1] is not None  # its tree for one row, not the profile's None
+    engine = Engine(smollm_f32, draft=proposer)
+    config = GenerationConfig(max_new_tokens=16, lookup=False)
+    expected = Engine(smollm_f32).generate(PROMPTS[0], config).token_ids
+    assert engine.generate(PROMPTS[0], config).token_ids == expected
 
 
 def test_a_drafts_dataset_holds_its_targets_answers(smollm_f32, cut, tmp_path) -> None:

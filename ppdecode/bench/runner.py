@@ -38,9 +38,9 @@ from ppdecode.kernels import kernels_name, pack_linears, packed_copy
 from ppdecode.models import DEFAULT_MODEL, LoadedModel, load_model
 from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
 from ppdecode.proposers import LookupProposer, PromptTokenProposer
-from ppdecode.proposers.draft import DraftProposer, draft_schedule
+from ppdecode.proposers.draft import DraftProposer, draft_engine, draft_schedule
 from ppdecode.tree.spec import DEFAULT_TREE, TreeSpec, load_tree
-from ppdecode.tune.resolve import AUTO, resolve_tree, resolve_trees
+from ppdecode.tune.resolve import AUTO, resolve_trees
 
 logger = logging.getLogger(__name__)
 
@@ -225,16 +225,9 @@ def draft_methods(
     the hybrid: the target's tuned tree with prompt lookup and the draft's tokens (written with PPD
     when the draft has prompt tokens of its own)."""
 
-    def draft_engine(ppd: bool) -> Engine:
-        if not ppd:
-            return Engine(draft_base)
-        tokens = default_prompt_tokens(draft_base)
-        return Engine(
-            draft_base, tokens, resolve_tree(draft_base, tokens, AUTO, allow_tune=False, progress=False)
-        )
-
     def proposer(ppd: bool) -> DraftProposer:
-        return DraftProposer(draft_engine(ppd), length=config.draft_length, schedule=config.draft_schedule)
+        engine = draft_engine(draft_base, ppd)
+        return DraftProposer(engine, length=config.draft_length, schedule=config.draft_schedule)
 
     methods: list[Method] = []
     if "draft" in families:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ppdecode.config import GenerationConfig
 from ppdecode.proposers.base import DRAFT, Proposal, Proposer, Ranked, RowContext, join_continuation
@@ -34,6 +34,7 @@ from ppdecode.proposers.ppd import PromptTokenProposer
 
 if TYPE_CHECKING:
     from ppdecode.engine import Engine
+    from ppdecode.models import LoadedModel
 
 
 class DraftSchedule(str, Enum):
@@ -50,6 +51,22 @@ def draft_schedule(value: DraftSchedule | str) -> DraftSchedule:
     except ValueError:
         choices = ", ".join(s.value for s in DraftSchedule)
         raise ValueError(f"unknown draft schedule {value!r}: choose from {choices}") from None
+
+
+def draft_engine(draft: LoadedModel, ppd: bool, tune: bool = False, **engine_options: Any) -> Engine:
+    """The draft model's own engine: plain, or (``ppd``) with its prompt tokens and its tree (the tuned
+    or shipped one) at every batch size. That tree is used even where the draft's profile found that
+    no tree pays when the draft decodes alone: inside speculative decoding its guesses pay otherwise
+    (they count towards the draft and survive the target's verdicts), and ``--draft-ppd`` asks for them."""
+    from ppdecode.engine import Engine
+    from ppdecode.prompt_tokens import default_prompt_tokens
+    from ppdecode.tune.resolve import AUTO, resolve_tree
+
+    if not ppd:
+        return Engine(draft, **engine_options)
+    tokens = default_prompt_tokens(draft)
+    tree = resolve_tree(draft, tokens, AUTO, allow_tune=tune, progress=False)
+    return Engine(draft, tokens, tree, **engine_options)
 
 
 @dataclass
