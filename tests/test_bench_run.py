@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from ppdecode.bench.methods import HFMethod, HFMode
 from ppdecode.bench.metrics import OVERALL
-from ppdecode.bench.report import pooled_summary, tables
+from ppdecode.bench.report import group_table, pooled_summary, tables
 from ppdecode.bench.runner import BenchConfig, BenchResult, run_bench
 from ppdecode.cli import app
 from ppdecode.engine import Engine
@@ -172,6 +172,15 @@ def test_draft_and_lookup_methods_run_and_equal_vanilla(
     draft_params = memory["draft"]["extra_parameter_bytes"]
     assert 0 < draft_params < memory["draft-ppd"]["extra_parameter_bytes"]  # + the draft's prompt tokens
     assert 0.15 < draft_params / result.summary["memory"]["model_weight_bytes"] < 0.35
+    # what drafting cost: the draft model's forwards, per record and per target step in the summary
+    assert by_method["vanilla"].draft_steps is None and by_method["lookup"].draft_steps is None
+    assert all(by_method[name].draft_steps for name in ("draft", "draft-ppd", "hybrid:default"))
+    overall = result.summary["groups"][OVERALL]
+    assert overall["vanilla"]["draft_steps_per_step"] is None
+    plain = overall["draft"]
+    assert plain["draft_steps_per_step"] == by_method["draft"].draft_steps / by_method["draft"].steps
+    columns = [column.header for column in group_table(result.summary, OVERALL).columns]
+    assert "draft fwd/step" in columns
 
 
 def test_config_refuses_misuse() -> None:

@@ -42,6 +42,7 @@ class RunOutput:
     steps: int  # forward passes of the target model after the prefill
     accept_lengths: list[int] | None  # τ of each step; None when unknown
     finish_reason: str  # "eos" or "length" (or the engine's own reasons)
+    draft_steps: int | None = None  # forwards of the draft model (our engine with a draft), else None
 
 
 @dataclass
@@ -126,9 +127,14 @@ class EngineMethod:
 
     def run(self, input_ids: list[int], max_new_tokens: int, seed: int | None) -> RunOutput:
         config = self._config(max_new_tokens, seed)
+        draft = self.engine.draft
+        drafted = 0 if draft is None else draft.draft_steps
         start = time.perf_counter()
         result = self.engine.generate_ids(input_ids, config)
-        return _engine_output(result, time.perf_counter() - start)
+        output = _engine_output(result, time.perf_counter() - start)
+        if draft is not None:
+            output.draft_steps = draft.draft_steps - drafted
+        return output
 
     def run_batch(self, batch: Sequence[list[int]], max_new_tokens: int, seed: int | None) -> BatchOutput:
         """Decode all of ``batch`` in one call of the batched engine (rows leave as they finish)."""

@@ -46,6 +46,7 @@ class Record:
     peak_rss_bytes: int | None = None
     peak_alloc_bytes: int | None = None  # CUDA only
     turns: list[dict[str, Any]] = field(default_factory=list)  # per-turn text, token ids, finish reason
+    draft_steps: int | None = None  # forwards of the draft model, all turns (methods with a draft)
 
     @property
     def tokens_per_s(self) -> float:
@@ -131,6 +132,7 @@ class MethodSummary:
     tau_histogram: dict[int, int]
     equal_rate: float | None  # share of questions whose output equals the reference; None: not compared
     first_diffs: list[int]  # first differing positions of the unequal questions
+    draft_steps_per_step: float | None = None  # draft-model forwards per target step (with a draft)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,6 +147,8 @@ def summarise_group(
     known = [r for r in records if r.accept_lengths is not None]
     lengths = [length for r in known for length in r.accept_lengths or []]
     compared = [r for r in records if r.equal is not None]
+    drafted = [r for r in records if r.draft_steps is not None]
+    steps = sum(r.steps for r in drafted)
     return MethodSummary(
         method=method,
         group=group,
@@ -160,6 +164,7 @@ def summarise_group(
         tau_histogram=histogram(lengths),
         equal_rate=sum(bool(r.equal) for r in compared) / len(compared) if compared else None,
         first_diffs=[r.first_diff for r in compared if not r.equal and r.first_diff is not None],
+        draft_steps_per_step=sum(r.draft_steps or 0 for r in drafted) / steps if drafted and steps else None,
     )
 
 

@@ -120,8 +120,11 @@ def group_table(summary: dict[str, Any], group: str) -> Table:
     # Overall, a PPD tree built from an accuracy table also shows the τ its builder expected.
     expected = {m: _expected_tau(summary, m) for m in rows} if group == OVERALL else {}
     show_expected = any(v is not None for v in expected.values())
+    # Methods with a draft model also show its forwards per target step (what drafting cost).
+    show_draft = any(s.get("draft_steps_per_step") is not None for s in rows.values())
     columns = ["method", "q", "tokens", "tok/s mean", "tok/s total", "speed-up mean", "speed-up total", "τ"]
-    columns += ["τ expected"] * show_expected + ["steps", "= ref", "1st diff"]
+    columns += ["τ expected"] * show_expected + ["steps"] + ["draft fwd/step"] * show_draft
+    columns += ["= ref", "1st diff"]
     for name in columns:
         table.add_column(name, justify="left" if name == "method" else "right")
     for method, s in rows.items():
@@ -137,8 +140,8 @@ def group_table(summary: dict[str, Any], group: str) -> Table:
             _num(s["tau"], 2),
         ]
         cells += [_num(expected.get(method), 2)] * show_expected
+        cells += [str(s["steps"])] + [_num(s.get("draft_steps_per_step"), 2)] * show_draft
         cells += [
-            str(s["steps"]),
             "—" if s["equal_rate"] is None else f"{100 * s['equal_rate']:.0f}%",
             "—" if not diffs else str(min(diffs)),
         ]

@@ -501,9 +501,16 @@ def _records(
                     peak_rss_bytes=max(r.peak_rss for r in runs),
                     peak_alloc_bytes=max(allocs) if allocs else None,
                     turns=turns,
+                    draft_steps=_draft_steps(first.outputs),
                 )
             )
     return records
+
+
+def _draft_steps(outputs: Sequence[RunOutput]) -> int | None:
+    """The draft model's forwards over all turns; None for a method without a draft."""
+    steps = [o.draft_steps for o in outputs]
+    return None if any(s is None for s in steps) else sum(s or 0 for s in steps)
 
 
 def _memory_probes(
