@@ -352,10 +352,10 @@ class Engine:
             raise ValueError(f"request {request_id!r} is not decoding yet: step the engine first")
         if not history:
             raise ValueError("rewind to an empty sequence: give at least one token")
-        if history == request.history:
-            return
         if guesses is not None and self.prompt_tokens is None:
             raise ValueError("rewind with guesses needs an engine with prompt tokens")
+        if history == request.history:
+            return
         row = self._row_of(request)
         old = request.history
         keep = min(self.cache.lengths[row], len(history) - 1)

@@ -177,10 +177,10 @@ def test_a_drafts_guesses_survive_a_verdict_that_replaces_only_its_root(smollm_f
     changed = [*wrote[:-2], bonus, bonus]  # the context changed too: nothing kept, the draft steps
     proposer.propose([RowContext("r", None, changed, reach=12)])
     assert proposer.draft_steps > steps
+    plain = Engine(cut)
+    rid = plain.add_request(history, GenerationConfig(max_new_tokens=8))
+    plain.step()
     with pytest.raises(ValueError, match="needs an engine with prompt tokens"):
-        plain = Engine(cut)
-        rid = plain.add_request(history, GenerationConfig(max_new_tokens=8))
-        plain.step()
         plain.rewind(rid, [*history, bonus], guessed)
 
 

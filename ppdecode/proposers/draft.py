@@ -130,8 +130,7 @@ class DraftProposer:
         if draft is None:
             draft_id = self.engine.add_request(list(row.history), self._config)
             draft = self._rows[row.request_id] = DraftRow(draft_id, self.length)
-        elif not draft.done and self.engine.sequence(draft.draft_id) != row.history:
-            wrote = self.engine.sequence(draft.draft_id)
+        elif not draft.done and (wrote := self.engine.sequence(draft.draft_id)) != row.history:
             n = len(row.history)
             kept = draft.guesses_at.get(n) if wrote[: n - 1] == row.history[:-1] else None
             self.engine.rewind(draft.draft_id, row.history, kept)
