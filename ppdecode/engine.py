@@ -34,6 +34,7 @@ from ppdecode.planner import (
     next_chain_room,
     plan_row,
     reach,
+    with_own_tree,
 )
 from ppdecode.prompt_tokens import PromptTokens
 from ppdecode.proposers import (
@@ -578,6 +579,7 @@ class Engine:
                 proposals[i] = made
         plans = []
         for request, steps, where, proposal in zip(requests, row_trees, wheres, proposals, strict=True):
+            steps, where = with_own_tree(steps, where, proposal)
             prefilling = bool(prefix) or not request.decoding
             start = request.prefilled if prefilling else self.cache.lengths[self._row_of(request)]
             front = prefix if prefilling else request.pending

@@ -15,6 +15,7 @@ still verified as a chain, and tries the tree again after a rest that doubles wh
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ppdecode.proposers import MODEL, PPD, Proposal
@@ -49,6 +50,27 @@ def reach(request: Request, trees: TreeSteps | None, fill: int | None = None) ->
     fill = trees.max_inputs if fill is None else fill
     room = min(request.chain_room + fill - inputs, MAX_STEP_INPUTS - inputs)
     return depth, room if request.chain_room else 0
+
+
+@lru_cache(maxsize=256)
+def own_steps(spec: TreeSpec) -> TreeSteps:
+    """The steps of a proposer's own tree (``Proposal.tree``), built once per shape."""
+    return TreeSteps(spec)
+
+
+def with_own_tree(
+    steps: TreeSteps | None, where: tuple[int, int] | None, proposal: Proposal | None
+) -> tuple[TreeSteps | None, tuple[int, int] | None]:
+    """A row's tree and reach once its proposal is known: where the proposal brings its own tree, its
+    candidates fill every depth of that tree and the rest of the reach is room for the chain (a step
+    that would pass ``MAX_STEP_INPUTS`` verifies the continuation alone, as a chain)."""
+    if where is None or proposal is None or proposal.tree is None:
+        return steps, where
+    depth = proposal.tree.num_prompt_tokens
+    room = max(0, sum(where) - depth)
+    if 1 + sum(proposal.tree.top_k) + min(room, len(proposal.continuation) - depth) > MAX_STEP_INPUTS:
+        return steps, where
+    return own_steps(proposal.tree), (depth, room)
 
 
 def next_chain_room(request: Request, plan: RowPlan, accepted: int) -> int:

@@ -30,11 +30,11 @@ from ppdecode.engine import Engine
 from ppdecode.kernels import packed_copy
 from ppdecode.models import LoadedModel
 from ppdecode.prompt_tokens import PromptTokens, default_prompt_tokens
-from ppdecode.proposers import RowContext
+from ppdecode.proposers import PPD, RowContext
 from ppdecode.proposers.draft import DraftProposer
 from ppdecode.request import DRAFT
 from ppdecode.train.data import DataConfig, build_dataset, load_dataset
-from ppdecode.tree.spec import load_tree
+from ppdecode.tree.spec import load_tree, sibling_tree
 from ppdecode.tune.latency import LatencyProfile
 from ppdecode.tune.resolve import resolve_trees
 from ppdecode.tune.store import HardwareProfile, current_key, draft_identity, save_profile
@@ -113,27 +113,40 @@ def test_draft_with_ppd_inside_the_hybrid_tree_equals_vanilla(smollm_f32, cut, r
 
 def test_a_draft_with_prompt_tokens_ends_its_draft_with_their_guesses(smollm_f32, cut) -> None:
     """The draft's last forward also guessed the tokens past it where its last accepted node has prompt
-    slots: the continuation is what the draft wrote, then those guesses' rank 0, cut to the reach; a
-    plain draft adds nothing."""
+    slots: the continuation is what the draft wrote, then those guesses' rank 0, cut to the reach (for
+    a target without prompt tokens, a sibling tree with their top-k as well); a plain draft adds nothing."""
     draft_engine = Engine(cut, PromptTokens.initial(cut), load_tree("default"))
     proposer = DraftProposer(draft_engine, length=1, schedule="fixed")
     plain = DraftProposer(Engine(cut), length=1, schedule="fixed")
-    extended = 0
+    extended = trees = 0
     for n, prompt in enumerate(PROMPTS[:6]):
         history = smollm_f32.tokenizer(prompt)["input_ids"]
         proposal = proposer.propose([RowContext(f"r{n}", None, history, reach=12)])[0]
         draft_id = proposer._rows[f"r{n}"].draft_id
         written = draft_engine.sequence(draft_id)[len(history) :]
-        guesses = [ranked[0] for ranked in draft_engine.guesses(draft_id) or ()]
+        ranked = draft_engine.guesses(draft_id) or []
+        guesses = [ranks[0] for ranks in ranked]
         assert written and list(proposal.continuation) == (written + guesses)[:12]
         extended += len(proposal.continuation) > len(written)
+        # a target without prompt tokens verifies the guesses' top-k too, as many as the draft's tree uses
+        # (where its last node had prompt slots)
+        top = [ranks[:k] for ranks, k in zip(ranked, draft_engine.tree.top_k, strict=False)]
+        candidates = ([[token] for token in written] + top)[:12]
+        widths = tuple(len(ranks) for ranks in candidates)
+        assert proposal.tree == (sibling_tree(widths) if max(widths) > 1 else None)
+        if proposal.tree is not None:
+            assert proposal.candidates == candidates
+            trees += 1
+        # inside a tree of the target's own, the draft's tokens take its rank 0 instead
+        joined = proposer.propose([RowContext(f"r{n}", [[1, 2], [3, 4]], history, reach=12)])[0]
+        assert joined.tree is None and [row[0] for row in joined.candidates] == list(joined.continuation[:2])
         again = proposer.propose([RowContext(f"r{n}", None, history, reach=1)])[0]
         assert list(again.continuation) == written[:1]
         alone = plain.propose([RowContext(f"r{n}", None, history, reach=12)])[0]
         assert (
             list(alone.continuation) == plain.engine.sequence(plain._rows[f"r{n}"].draft_id)[len(history) :]
         )
-    assert extended > 0
+    assert extended > 0 and trees > 0
 
 
 @pytest.mark.parametrize("schedule", ["fixed", "adaptive"])
@@ -148,11 +161,15 @@ def test_the_shipped_draft_with_its_prompt_tokens_equals_vanilla(smollm_f32, ref
     engine = Engine(smollm_f32, draft=proposer)
     tau = _check(engine, reference, lookup=False)
     assert tau > 1.1, tau
-    forwards, steps = proposer.draft_steps, 0
+    forwards, steps, origins = proposer.draft_steps, 0, []
     for prompt in reference:
-        steps += engine.generate(prompt, GenerationConfig(max_new_tokens=TOKENS, lookup=False)).stats.steps
+        stream = engine.stream(prompt, GenerationConfig(max_new_tokens=TOKENS, lookup=False))
+        origins += [origin for chunk in stream for origin in chunk.origins]
+        steps += stream.result.stats.steps
     # fewer draft forwards than target steps: some drafts are the guesses kept from an earlier forward
     assert proposer.draft_steps - forwards < steps
+    # the target verified the top-k of the draft's guesses, and took some that were not their rank 0
+    assert PPD in origins and DRAFT in origins
 
 
 def test_a_drafts_guesses_survive_a_verdict_that_replaces_only_its_root(smollm_f32, cut) -> None:

@@ -162,6 +162,18 @@ def test_lossless_sampling_with_a_draft_model(setup, smollm_f32: LoadedModel) ->
     assert p_value > 0.001, (p_value, counts)
 
 
+def test_lossless_sampling_with_a_draft_writing_with_ppd(setup, smollm_f32: LoadedModel) -> None:
+    """A draft with prompt tokens brings its own tree (what it wrote, then its guesses' top-k past
+    that), verified by the rule of METHOD §3 like any tree: sampling stays exact."""
+    _, ids, dist = setup
+    draft = Engine(smollm_f32, PromptTokens.initial(smollm_f32), load_tree("default"))
+    engine = Engine(smollm_f32, draft=DraftProposer(draft, length=3, schedule="fixed"))
+    counts, accepted = sample_counts(engine, ids)
+    assert accepted > SAMPLES // 4, "the draft's tokens should be accepted often, or the test proves little"
+    p_value = chi_square_p_value(counts, dist, SAMPLES)
+    assert p_value > 0.001, (p_value, counts)
+
+
 def test_the_test_rejects_a_biased_acceptance_rule(setup, monkeypatch: pytest.MonkeyPatch) -> None:
     engine, ids, dist = setup
 

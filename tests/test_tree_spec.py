@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ppdecode.tree.spec import TreeSpec, load_tree
+from ppdecode.tree.buffers import build_buffers, rank0_reach
+from ppdecode.tree.spec import TreeSpec, load_tree, sibling_tree
 
 
 def spec_dict(**changes: object) -> dict:
@@ -36,6 +37,27 @@ def test_packaged_default_tree_is_valid() -> None:
     spec = load_tree("default")
     assert spec.num_prompt_tokens == 3
     assert all(spec.input_size(d) <= 32 for d in range(4))
+
+
+def test_a_sibling_tree_is_the_rank0_path_with_its_siblings_and_no_prompt_slots() -> None:
+    """What a draft with prompt tokens proposes: two tokens it wrote (one candidate each), then the
+    top-3 and top-2 of its guesses past them."""
+    spec = sibling_tree((1, 1, 3, 2))
+    deepest = spec.tree(4)
+    assert [node.path for node in deepest] == [
+        (0,),
+        (0, 0),
+        (0, 0, 0),
+        (0, 0, 1),
+        (0, 0, 2),
+        (0, 0, 0, 0),
+        (0, 0, 0, 1),
+    ]
+    assert all(node.slots == 0 for node in deepest) and spec.root_slots == 0
+    assert TreeSpec.from_dict(spec.to_dict()) == spec  # a valid spec
+    buffers = build_buffers(spec, 4)
+    assert rank0_reach(spec, 4) == 4 and buffers.num_inputs == 1 + 7
+    assert [len(children) for children in buffers.children] == [1, 1, 3, 2, 0, 0, 0, 0]
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ppdecode.tree.spec import TreeSpec
+
 # Who guessed a token (StreamChunk.origins): the model itself (root, bonus), the prompt tokens,
 # prompt lookup, a draft model.
 MODEL, PPD, LOOKUP, DRAFT = "model", "ppd", "lookup", "draft"
@@ -31,13 +33,15 @@ class Proposal:
     lookup or a draft model), possibly reaching past depth D; where it is within D, it is the
     candidates' rank 0. copied: how many leading depths have a continuation token at rank 0 (their
     guesses come from the continuation's proposer). source: who wrote the continuation ("lookup",
-    "draft").
+    "draft"). tree: where the proposer brings the tree its candidates are verified in (a draft's
+    ``sibling_tree``, verified by a target without prompt tokens of its own); None: the engine's tree.
     """
 
     candidates: Ranked | None
     continuation: tuple[int, ...] = ()
     copied: int = 0
     source: str = LOOKUP
+    tree: TreeSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ppdecode.config import GenerationConfig
 from ppdecode.proposers.base import DRAFT, Proposal, Proposer, Ranked, RowContext, join_continuation
 from ppdecode.proposers.ppd import PromptTokenProposer
+from ppdecode.tree.spec import sibling_tree
 
 if TYPE_CHECKING:
     from ppdecode.engine import Engine
@@ -121,8 +122,20 @@ class DraftProposer:
         proposals = list(inner)
         for i, draft, _ in wanted:
             if not draft.done:
-                proposals[i] = join_continuation(inner[i].candidates, self._draft(draft, rows[i]), DRAFT)
+                proposals[i] = self._proposal(self._draft(draft, rows[i]), inner[i])
         return proposals
+
+    @staticmethod
+    def _proposal(ranked: Ranked, inner: Proposal) -> Proposal:
+        """The draft's tokens take rank 0 of the inner proposer's candidates and go on past them as a
+        chain. Where the inner proposer has no candidates (a target without prompt tokens) and the
+        draft's prompt tokens ranked their guesses, the draft brings its own tree: the target verifies
+        their top-k as well, as it verifies a PPD tree."""
+        continuation = [row[0] for row in ranked]
+        if inner.candidates is None and any(len(row) > 1 for row in ranked):
+            tree = sibling_tree(tuple(len(row) for row in ranked))
+            return Proposal(ranked, tuple(continuation), len(ranked), DRAFT, tree)
+        return join_continuation(inner.candidates, continuation, DRAFT)
 
     def _sync(self, row: RowContext) -> DraftRow | None:
         """The row's draft request, rewound to the row's history (made on first sight)."""
@@ -145,12 +158,16 @@ class DraftProposer:
         if guesses is not None:
             draft.guesses_at[len(self.engine.sequence(draft.draft_id))] = guesses
 
-    def _draft(self, draft: DraftRow, row: RowContext) -> list[int]:
-        """What the draft wrote past the row's history and, from a draft with prompt tokens, their
-        best guesses past that (written by its last forward, at no further cost), cut to the reach."""
+    def _draft(self, draft: DraftRow, row: RowContext) -> Ranked:
+        """The row's draft, ranked candidates a depth, cut to the reach: what the draft wrote past the
+        row's history (one candidate a depth) and, from a draft with prompt tokens, their ranked guesses
+        past that (written by its last forward, at no further cost)."""
         tokens = self.engine.sequence(draft.draft_id)[len(row.history) :]
         guesses = self.engine.guesses(draft.draft_id) if len(tokens) < row.reach else None
-        return (tokens + [ranked[0] for ranked in guesses or ()])[: row.reach]
+        # as many ranks a depth as the draft's own tree verifies (what its prompt tokens guess well enough)
+        widths = self.engine.tree.top_k if self.engine.tree is not None else ()
+        ranked = [list(ranks[:width]) for ranks, width in zip(guesses or (), widths, strict=False)]
+        return ([[token] for token in tokens] + ranked)[: row.reach]
 
     def accepted(self, request_id: str, history: list[int], accepted: int) -> None:
         draft = self._rows.get(request_id)

@@ -84,7 +84,8 @@ class LookupProposer:
 
     def _join(self, proposal: Proposal, match: LookupMatch) -> Proposal:
         candidates = proposal.candidates  # [D][K]
-        depth = 0 if candidates is None else len(candidates)
+        # a proposer's own tree (a draft's guesses) is not a depth of the engine's tree to copy into
+        depth = 0 if candidates is None or proposal.tree is not None else len(candidates)
         copied = match.continuation if match.ngram >= self.chain_ngram else match.continuation[:depth]
         if not copied:
             return proposal

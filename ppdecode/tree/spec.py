@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,19 @@ def _validate_tree(nodes: tuple[TreeNode, ...], depth: int, n: int, top_k: tuple
             raise ValueError(
                 f"{where} is not prefix-closed: {list(node.path)} has no parent {list(node.path[:-1])}"
             )
+
+
+@lru_cache(maxsize=256)
+def sibling_tree(widths: tuple[int, ...]) -> TreeSpec:
+    """A tree for a proposer's own ranked candidates, without prompt slots: the rank-0 path, and at
+    each depth i the siblings of its node (ranks 1..widths[i-1] - 1). A draft with prompt tokens
+    proposes its tokens this way: what it wrote (one candidate a depth), then its prompt tokens' top-k
+    past that; the target verifies them as it verifies a PPD tree (METHOD §3)."""
+    nodes = tuple(TreeNode((0,) * i + (rank,), 0) for i, width in enumerate(widths) for rank in range(width))
+    trees = tuple(
+        tuple(node for node in nodes if len(node.path) <= depth) for depth in range(1, len(widths) + 1)
+    )
+    return TreeSpec(num_prompt_tokens=len(widths), top_k=widths, trees=trees, root_slots=0)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
