@@ -190,6 +190,10 @@ def test_config_refuses_misuse() -> None:
         BenchConfig(methods=("hf-assisted",))
     with pytest.raises(ValueError, match="tree names"):
         BenchConfig(trees=(("default", "x.json"),))
+    # before any model loads: the baseline's method must run
+    with pytest.raises(ValueError, match="add 'hf-greedy' to --methods"):
+        BenchConfig(methods=("vanilla", "draft"))
+    assert BenchConfig(methods=("vanilla", "ppd"), baseline="ppd:tuned").baseline == "ppd:tuned"
 
 
 def test_named_trees_and_sampling_variants(

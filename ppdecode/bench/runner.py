@@ -117,6 +117,12 @@ class BenchConfig:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        family = self.baseline.split("@")[0].split(":")[0]  # ppd:tuned, vanilla@t0.7 -> ppd, vanilla
+        if family not in self.families:
+            raise ValueError(
+                f"--baseline {self.baseline!r} would not run: add {family!r} to --methods or choose "
+                f"a baseline among {', '.join(self.families)}"
+            )
         names = [name for name, _ in self.trees]
         if len(set(names)) != len(names) or {"default", "tuned"} & set(names):
             raise ValueError(f"tree names must be unique and not 'default' or 'tuned', got {names}")

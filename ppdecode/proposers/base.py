@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ppdecode.tree.spec import TreeSpec
+if TYPE_CHECKING:
+    from ppdecode.tree.spec import TreeSpec
 
 # Who guessed a token (StreamChunk.origins): the model itself (root, bonus), the prompt tokens,
 # prompt lookup, a draft model.

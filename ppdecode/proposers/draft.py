@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from ppdecode.config import GenerationConfig
 from ppdecode.proposers.base import DRAFT, Proposal, Proposer, Ranked, RowContext, join_continuation
 from ppdecode.proposers.ppd import PromptTokenProposer
-from ppdecode.tree.spec import sibling_tree
 
 if TYPE_CHECKING:
     from ppdecode.engine import Engine
@@ -131,6 +130,8 @@ class DraftProposer:
         chain. Where the inner proposer has no candidates (a target without prompt tokens) and the
         draft's prompt tokens ranked their guesses, the draft brings its own tree: the target verifies
         their top-k as well, as it verifies a PPD tree."""
+        from ppdecode.tree.spec import sibling_tree  # the command line's help loads no torch
+
         continuation = [row[0] for row in ranked]
         if inner.candidates is None and any(len(row) > 1 for row in ranked):
             tree = sibling_tree(tuple(len(row) for row in ranked))
