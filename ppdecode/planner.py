@@ -4,7 +4,9 @@ The prompt tokens' ranked candidates (or a proposer's own) fill the tree's nodes
 trusted prompt-lookup match, a draft model's tokens) continues as a *chain* under the deepest rank-0
 node that holds it. A step with a smaller
 tree (after a chain, or at depth 0) has room for a longer chain: every step may feed the tree's largest
-step plus ``lookup_chain`` inputs. Near the end of the row's room, the step falls back to vanilla.
+step plus ``lookup_chain`` inputs. Near the end of the row's room, the step falls back to vanilla. A
+proposal may bring a tree of its own (``Proposal.tree``: a draft's sibling tree, for a target without
+prompt tokens); its candidates fill that tree instead (``with_own_tree``).
 
 A row whose text defeats the prompt tokens (their guesses are seldom accepted, so the tree's inputs
 cost more than they earn on this device) *rests* its tree: it decodes root-only steps, with its copies
