@@ -171,3 +171,25 @@ def test_load_32_concurrent_streams_and_metrics(server: BackgroundServer, refere
         )
         assert delta("ppd:spec_decode_num_accepted_tokens_per_pos_total", position=str(position)) == expected
     assert httpx.get(f"{server.url}/health").json()["running"] == 0
+
+
+def test_a_server_with_a_draft_writing_with_ppd_answers_as_vanilla(references: dict) -> None:
+    """`ppd serve --draft default --draft-ppd --prompt-tokens none`: concurrent requests share the
+    draft's engine, batched, and their replies equal vanilla greedy, with the draft's tokens accepted."""
+    engine = load(
+        device="cpu",
+        dtype="float32",
+        prompt_tokens=None,
+        draft="default",
+        draft_ppd=True,
+        tune=False,
+        max_batch=8,
+        max_length=1024,
+    )
+    with BackgroundServer(create_app(engine, ServerConfig(max_queue=8))) as running:
+        run = asyncio.run(run_load(running.url, LOAD_PROMPTS, concurrency=8, max_tokens=MAX_TOKENS))
+    assert len(run.records) == len(LOAD_PROMPTS)
+    for record in run.records:
+        assert record.text == references[(True, record.prompt)].text, record.prompt
+    assert sum(sum(r.ppd["accepted_per_position"]) for r in run.records) > 0
+    assert engine.draft is not None and engine.draft.draft_steps > 0

@@ -13,7 +13,7 @@ from ppdecode.config import AcceptMode, GenerationConfig
 from ppdecode.embedded import DEFAULT_MODEL
 from ppdecode.proposers.draft import DraftSchedule
 
-# the draft model's options, shared by the commands that decode with one (generate, tune)
+# the draft model's options, shared by the commands that decode with one (generate, tune, serve)
 DraftOption = Annotated[
     str | None,
     typer.Option(

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
+from ppdecode.commands.generate import DraftLengthOption, DraftOption, DraftPpdOption, DraftScheduleOption
 from ppdecode.embedded import DEFAULT_MODEL
+from ppdecode.proposers.draft import DraftSchedule
 
 
 def serve(
@@ -21,6 +23,10 @@ def serve(
         str,
         typer.Option(help="'auto' (tuned for this device), a tree spec JSON, a packaged tree or a profile."),
     ] = "auto",
+    draft: DraftOption = None,
+    draft_ppd: DraftPpdOption = False,
+    draft_length: DraftLengthOption = 4,
+    draft_schedule: DraftScheduleOption = DraftSchedule.ADAPTIVE,
     host: Annotated[
         str, typer.Option(help="Address to bind; other machines can connect only if this is not loopback.")
     ] = "127.0.0.1",
@@ -60,7 +66,18 @@ def serve(
         default_max_tokens=min(256, max_tokens),
     )
     tokens = None if prompt_tokens.lower() == "none" else prompt_tokens
-    engine = load(model, prompt_tokens=tokens, tree=tree, device=device, dtype=dtype, max_batch=max_batch)
+    engine = load(
+        model,
+        prompt_tokens=tokens,
+        tree=tree,
+        device=device,
+        dtype=dtype,
+        draft=draft,
+        draft_ppd=draft_ppd,
+        draft_length=draft_length,
+        draft_schedule=draft_schedule.value,
+        max_batch=max_batch,
+    )
     logging.getLogger("ppdecode").setLevel(log_level.upper())
     if host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         logging.getLogger(__name__).warning(
