@@ -175,7 +175,8 @@ def test_the_shipped_draft_with_its_prompt_tokens_equals_vanilla(smollm_f32, ref
 def test_a_drafts_guesses_survive_a_verdict_that_replaces_only_its_root(smollm_f32, cut) -> None:
     """The target rejects the draft's first token and puts its bonus token in its place: the context
     the draft's guesses were made on is unchanged, so the rewound draft starts from them. Its next
-    draft is those guesses, without a forward; a verdict that also changes the context drops them."""
+    draft is those guesses, without a forward, and after a verdict on them the guesses past what the
+    target wrote; a verdict that also changes the context drops them."""
     draft_engine = Engine(cut, PromptTokens.initial(cut), load_tree("default"))
     proposer = DraftProposer(draft_engine, length=1, schedule="fixed")
     history = smollm_f32.tokenizer(PROMPTS[0])["input_ids"]
@@ -191,6 +192,11 @@ def test_a_drafts_guesses_survive_a_verdict_that_replaces_only_its_root(smollm_f
     assert proposer.draft_steps == steps, "the kept guesses are the draft: no draft forward"
     assert draft_engine.guesses(draft_id) == guessed
     assert list(again.continuation) == [g[0] for g in guessed]
+    # the target rejects the first guess too: the guesses past it never saw it, so they stay the draft
+    other = (guessed[0][0] + 1) % cut.tokenizer.vocab_size
+    later = proposer.propose([RowContext("r", None, [*wrote[:-1], bonus, other], reach=12)])[0]
+    assert proposer.draft_steps == steps and draft_engine.guesses(draft_id) == guessed[1:]
+    assert list(later.continuation) == [g[0] for g in guessed[1:]]
     changed = [*wrote[:-2], bonus, bonus]  # the context changed too: nothing kept, the draft steps
     proposer.propose([RowContext("r", None, changed, reach=12)])
     assert proposer.draft_steps > steps

@@ -10,9 +10,10 @@ decoding:
 - each draft forward writes several tokens, and its prompt tokens' best guesses past its last token
   go on the end of the draft; they count towards the draft length, so drafting stops sooner;
 - its guesses survive the target's verdict. Prompt slots never see the root they guess past, so when
-  the verdict keeps the context of a draft step and replaces only its root (the target's bonus token
-  instead of the draft's), that step's guesses hold for the new root. The rewound draft starts from
-  them: they are the next draft without a forward, or its next forward verifies them.
+  the verdict keeps the context of a draft step and replaces its root (the target's bonus token
+  instead of the draft's), that step's guesses hold for the new root; and where the target wrote
+  further tokens there, the guesses past those hold too. The rewound draft starts from them: they are
+  the next draft without a forward, or its next forward verifies them.
 
 The draft decodes greedily, so its tokens are deterministic candidates: the target verifies them
 with its own rules (greedy, or the lossless rule of METHOD §3), and output stays exact either way.
@@ -74,8 +75,9 @@ class DraftRow:
     draft_id: str  # the request in the draft engine
     length: int  # tokens to draft (written, then guessed) past the history at the next step
     done: bool = False  # the draft request ended (its context is full): no more drafts for the row
-    # the draft's guesses past each root it wrote since the last rewind, by the sequence length that
-    # root ended (a draft with prompt tokens): the target's verdict may keep the context and change the root
+    # the draft's guesses past each root it wrote since the last rewind (and those the rewind handed
+    # on), by the sequence length where they start (a draft with prompt tokens): the target's verdict
+    # may keep the context they were made on and write other tokens from there
     guesses_at: dict[int, Ranked] = field(default_factory=dict)
 
 
@@ -145,14 +147,23 @@ class DraftProposer:
             draft_id = self.engine.add_request(list(row.history), self._config)
             draft = self._rows[row.request_id] = DraftRow(draft_id, self.length)
         elif not draft.done and (wrote := self.engine.sequence(draft.draft_id)) != row.history:
-            n = len(row.history)
-            kept = draft.guesses_at.get(n) if wrote[: n - 1] == row.history[:-1] else None
+            # the latest guesses made on a context the history keeps; those past what it has written
+            # since (the target's tokens where the draft's root and guesses were) are the next draft's
+            length = len(row.history)
+            kept = None
+            for n, guesses in sorted(draft.guesses_at.items(), reverse=True):
+                if n <= length < n + len(guesses) and wrote[: n - 1] == row.history[: n - 1]:
+                    kept = guesses[length - n :]
+                    break
             self.engine.rewind(draft.draft_id, row.history, kept)
             draft.guesses_at.clear()
+            if kept:
+                draft.guesses_at[length] = kept
         return None if draft.done else draft
 
     def _keep_guesses(self, draft: DraftRow) -> None:
-        """Keep the draft's guesses past the root it just wrote, for a verdict that changes only the root."""
+        """Keep the draft's guesses past the root it just wrote, for a verdict that keeps the context
+        before that root."""
         if draft.done:
             return
         guesses = self.engine.guesses(draft.draft_id)
